@@ -1,0 +1,212 @@
+"""Model tests: HF transformers is the oracle for the architecture and weight loading; a full
+uncached forward is the oracle for the KV cache; generating one prompt alone is the oracle for
+batched generation."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from model import (PRESETS, KVCache, ModelConfig, Qwen2, config_from_preset, load_checkpoint, load_hf,
+                   save_checkpoint)
+from rollout import filter_logits, generate
+
+transformers = pytest.importorskip("transformers")  # a dev requirement; .ci/run installs it
+
+
+def tiny_hf_model(tmp_path, tie=True, shard=False, seed=0):
+    """A random HF Qwen2ForCausalLM saved with save_pretrained; returns (hf_model, directory)."""
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen2Config(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=tie)
+    hf = transformers.Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # HF zero-inits biases and keeps RMSNorm gains at 1: perturb them so they count
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    directory = tmp_path / ("hf-tied" if tie else "hf-untied")
+    hf.save_pretrained(directory, safe_serialization=True, max_shard_size="50KB" if shard else "5GB")
+    return hf, str(directory)
+
+
+@pytest.mark.parametrize("tie,shard", [(True, False), (False, False), (True, True)])
+def test_load_hf_matches_transformers_logits(tmp_path, tie, shard):
+    hf, directory = tiny_hf_model(tmp_path, tie=tie, shard=shard)
+    if shard:
+        assert os.path.exists(os.path.join(directory, "model.safetensors.index.json"))
+    model = load_hf(directory).eval()
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tie
+    idx = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(idx)
+        theirs = hf(idx).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_hf_state_dict_loads_strict_with_hf_names(tmp_path):
+    hf, _ = tiny_hf_model(tmp_path, tie=False)
+    model = Qwen2(ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              tie_word_embeddings=False))
+    model.load_state_dict(hf.state_dict(), strict=True)  # same names, same shapes
+
+
+def test_load_hf_shape_mismatch_names_the_key(tmp_path):
+    _, directory = tiny_hf_model(tmp_path)
+    with open(os.path.join(directory, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["intermediate_size"] = 128  # the file's MLP weights are 96 wide
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.gate_proj\.weight.*\(96, 64\).*\(128, 64\)"):
+        load_hf(directory)
+
+
+def test_load_hf_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_hf(str(tmp_path))
+
+
+def test_qwen_05b_geometry_parameter_count():
+    with torch.device("meta"):
+        model = Qwen2(config_from_preset("qwen-ish-0.5b"))
+    # design.md section 5: 494.0M parameters, 136.1M of them the (tied) embedding
+    assert round(model.num_parameters() / 1e6, 1) == 494.0
+    assert round(model.model.embed_tokens.weight.numel() / 1e6, 1) == 136.1
+    assert "lm_head.weight" in model.state_dict()  # tied: same tensor under both HF names
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'.*tiny"):
+        config_from_preset("huge")
+
+
+def test_tiny_preset_size():
+    with torch.device("meta"):
+        model = Qwen2(config_from_preset("tiny", vocab_size=2048))
+    assert 0.7e6 < model.num_parameters() < 1.5e6
+    assert set(PRESETS) >= {"tiny", "small", "qwen-ish-0.5b", "qwen-ish-1.5b", "qwen-ish-7b"}
+
+
+def tiny_model(seed=0, vocab=101):
+    torch.manual_seed(seed)
+    return Qwen2(ModelConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128)).eval()
+
+
+def test_cached_decoding_matches_full_forward_ragged_batch():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 101, (n,), generator=g) for n in (30, 17, 24)]  # full sequences
+    prompt_lens = [9, 3, 14]  # each row is prefilled with its own prompt length, then decoded
+    B, T = len(seqs), max(prompt_lens)
+    idx = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(prompt_lens):
+        idx[b, :n] = seqs[b][:n]
+    cache = model.new_cache(B, 40)
+    with torch.no_grad():
+        lengths = torch.tensor(prompt_lens)
+        prefill = model(idx, cache=cache, logits_index=lengths - 1)  # (B, V)
+        ref = [model(s[None])[0] for s in seqs]  # each row alone, uncached: (n, V)
+        for b in range(B):
+            assert torch.allclose(prefill[b], ref[b][prompt_lens[b] - 1], atol=1e-5)
+        steps = min(len(s) - n for s, n in zip(seqs, prompt_lens))
+        for step in range(steps):
+            tok = torch.stack([seqs[b][prompt_lens[b] + step] for b in range(B)])[:, None]  # (B, 1)
+            pos = (lengths + step)[:, None]
+            out = model(tok, cache=cache, positions=pos, kv_len=T + step + 1)[:, -1]
+            for b in range(B):
+                assert torch.allclose(out[b], ref[b][prompt_lens[b] + step], atol=1e-5), (b, step)
+
+
+def test_kv_cache_is_written_in_place():
+    model = tiny_model()
+    cache = model.new_cache(2, 16)
+    ptr = cache.k.data_ptr()
+    k = torch.randn(2, 2, 3, 16)  # (B, Hkv, T, D)
+    cache.write(1, torch.tensor([[0, 1, 2], [5, 6, 7]]), k, k * 2)
+    assert cache.k.data_ptr() == ptr
+    assert torch.equal(cache.k[1, 1, :, 5:8], k[1])  # row 1's tokens sit in its own slots 5..7
+    assert torch.equal(cache.v[1, 0, :, 0:3], 2 * k[0])
+    assert cache.k[1, 1, :, :5].abs().sum() == 0  # nothing else was touched
+    with pytest.raises(ValueError, match="maximum positions"):
+        KVCache(model.config, 1, 1000)
+
+
+def test_batched_greedy_equals_one_at_a_time():
+    model = tiny_model(seed=3)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(1, 101, (n,), generator=g).tolist() for n in (5, 19, 1, 11)]
+    batched = generate(model, prompts, max_new_tokens=12, temperature=0)
+    for p, gen in zip(prompts, batched):
+        alone = generate(model, [p], max_new_tokens=12, temperature=0)[0]
+        assert gen.tokens == alone.tokens
+        assert gen.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+
+
+def test_generate_logprobs_match_a_fresh_forward():
+    model = tiny_model(seed=1)
+    prompts = [[3, 4, 5, 6, 7], [9, 8], [1, 2, 3, 4, 5, 6, 7, 8]]
+    gens = generate(model, prompts, max_new_tokens=10, temperature=1.0, seed=0)
+    for p, gen in zip(prompts, gens):
+        full = torch.tensor([p + gen.tokens])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(full)[0], dim=-1)  # (T, V)
+        expected = [logp[len(p) - 1 + i, t].item() for i, t in enumerate(gen.tokens)]
+        assert gen.logprobs == pytest.approx(expected, abs=1e-5)
+
+
+def test_stop_ids_and_budget():
+    model = tiny_model(seed=2)
+    prompt = [[5, 6, 7]]
+    free = generate(model, prompt, max_new_tokens=8, temperature=0)[0]
+    assert free.stop_reason == "length" and len(free.tokens) == 8
+    stop_tok = free.tokens[3]  # make the 4th greedy token a stop id: generation ends right there
+    first = free.tokens.index(stop_tok)
+    stopped = generate(model, prompt * 2, max_new_tokens=8, temperature=0, stop_ids=[stop_tok])
+    for gen in stopped:
+        assert gen.stop_reason == "stop" and gen.tokens == free.tokens[:first + 1]
+
+
+def test_sampling_is_seeded_and_rows_are_independent():
+    model = tiny_model(seed=4)
+    prompts = [[1, 2, 3]] * 4  # a group: one prompt, four rollouts
+    a = generate(model, prompts, max_new_tokens=16, temperature=1.0, seed=7)
+    b = generate(model, prompts, max_new_tokens=16, temperature=1.0, seed=7)
+    assert [g.tokens for g in a] == [g.tokens for g in b]
+    assert len({tuple(g.tokens) for g in a}) == 4  # not one sample broadcast to the group
+    assert len({g.tokens[0] for g in a}) > 1  # not even the first token is shared
+
+
+def test_top_k_one_is_greedy_and_top_p_filter_by_hand():
+    model = tiny_model(seed=6)
+    greedy = generate(model, [[4, 5]], max_new_tokens=6, temperature=0)[0]
+    topk1 = generate(model, [[4, 5]], max_new_tokens=6, temperature=1.0, top_k=1, seed=0)[0]
+    assert greedy.tokens == topk1.tokens
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = filter_logits(logits, top_p=0.8).isfinite()[0].tolist()
+    assert kept == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8
+    kept = filter_logits(logits, top_p=0.81).isfinite()[0].tolist()
+    assert kept == [True, True, True, False]
+    kept = filter_logits(logits[:, [3, 1, 0, 2]], top_k=2).isfinite()[0].tolist()
+    assert kept == [False, True, True, False]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny_model(seed=8)
+    tok_file = tmp_path / "tok.model"
+    tok_file.write_bytes(b"not really a tokenizer")
+    save_checkpoint(model, tmp_path / "ckpt", tokenizer_file=str(tok_file), meta={"step": 3})
+    save_checkpoint(model, tmp_path / "ckpt", tokenizer_file=str(tok_file), meta={"step": 4})  # overwrite
+    loaded, meta = load_checkpoint(str(tmp_path / "ckpt"))
+    assert meta["step"] == 4 and meta["tokenizer_file"].endswith("tok.model")
+    idx = torch.randint(0, 101, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(idx), loaded(idx))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "tok.model"]  # no temp or .old leftovers
+    hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "ckpt").eval()  # HF reads it too
+    with torch.no_grad():
+        assert (hf(idx).logits - model(idx)).abs().max() < 1e-4
