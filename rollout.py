@@ -68,7 +68,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     """Sample continuations for a batch of prompts of different lengths.
 
     prompts: list of B lists of token ids (each non-empty). Returns a list of B `Generation`s.
-    Each row stops at the first stop id (kept as its last token) or after max_new_tokens.
+    max_new_tokens: one budget for all rows, or a list with one per row (the agent mixes memory
+    turns and final-answer turns in one batch). Each row stops at its first stop id (kept as its
+    last token) or when it has used its budget.
     Randomness comes from `generator` (a torch.Generator on the model's device) or, if None, from a
     new one seeded with `seed`; rows draw independently, so duplicated prompts (a GRPO group)
     get different samples.
@@ -79,11 +81,17 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         return []
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
+    budgets = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != B or min(budgets) < 1:
+        raise ValueError(f"generate: need one budget >= 1 per prompt, got {max_new_tokens}")
+    for p, n in zip(prompts, budgets):
+        if len(p) + n > model.config.max_position_embeddings:
+            raise ValueError(f"generate: a prompt of {len(p)} tokens + {n} new tokens exceeds the "
+                             f"model's {model.config.max_position_embeddings} positions")
+    max_new_tokens = max(budgets)
     lengths = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
+    budget = torch.tensor(budgets, device=device)  # (B,)
     T = max(len(p) for p in prompts)
-    if T + max_new_tokens > model.config.max_position_embeddings:
-        raise ValueError(f"generate: prompt of {T} tokens + {max_new_tokens} new tokens exceeds the "
-                         f"model's {model.config.max_position_embeddings} positions")
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed if seed is not None else torch.seed())
@@ -94,7 +102,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     for b, p in enumerate(prompts):
         idx[b, :len(p)] = torch.tensor(p, dtype=torch.long)
 
-    cache = model.new_cache(B, T + max_new_tokens)  # allocated once for the whole call
+    cache_len = max(len(p) + n for p, n in zip(prompts, budgets))
+    cache = model.new_cache(B, cache_len)  # allocated once for the whole call
     logits = model(idx, cache=cache, logits_index=lengths - 1).float()  # (B, V), each row's last token
 
     out_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -112,12 +121,14 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         n_generated += active.long()
         hit_stop = active & torch.isin(token, stop)
         stopped |= hit_stop
-        finished |= hit_stop
+        finished |= hit_stop | (n_generated >= budget)
         if step + 1 == max_new_tokens or (step % check_every == 0 and bool(finished.all())):
             break
-        # every row feeds its new token at its own next position: prompt length + step
-        positions = (lengths + step)[:, None]  # (B, 1)
-        logits = model(token[:, None], cache=cache, positions=positions, kv_len=T + step + 1)
+        # every row feeds its new token at its own next position: prompt length + step. (A finished
+        # row's slots are never read again; its position is clamped only to stay inside the cache.)
+        positions = (lengths + step).clamp(max=cache_len - 1)[:, None]  # (B, 1)
+        kv_len = min(T + step + 1, cache_len)
+        logits = model(token[:, None], cache=cache, positions=positions, kv_len=kv_len)
         logits = logits[:, -1].float()  # (B, V)
 
     n_generated, stopped = n_generated.tolist(), stopped.tolist()

@@ -210,3 +210,16 @@ def test_checkpoint_round_trip(tmp_path):
     hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "ckpt").eval()  # HF reads it too
     with torch.no_grad():
         assert (hf(idx).logits - model(idx)).abs().max() < 1e-4
+
+
+def test_per_row_budgets_near_the_window():
+    model = tiny_model(seed=9)  # 128 positions
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, 101, (n,), generator=g).tolist() for n in (120, 4, 60)]
+    budgets = [8, 100, 1]  # the long prompt may only add 8 tokens; the short one 100
+    batched = generate(model, prompts, max_new_tokens=budgets, temperature=0)
+    for p, n, gen in zip(prompts, budgets, batched):
+        assert len(gen.tokens) == n and gen.stop_reason == "length"
+        assert gen.tokens == generate(model, [p], max_new_tokens=n, temperature=0)[0].tokens
+    with pytest.raises(ValueError, match="121 tokens \\+ 8 new tokens exceeds the model's 128"):
+        generate(model, [prompts[0] + [1]], max_new_tokens=8)
