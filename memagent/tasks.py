@@ -1,0 +1,853 @@
+"""Long-context tasks, generated from a seed: the documents MemAgent learns to read.
+
+A sample is a dict {question, context, answers, task, length, n_tokens, seed, ...metadata}.
+`length` is the requested context length in tokens, `n_tokens` what the context really measures
+(always within 2% of `length`). Every generator is a plain function (length, seed, tokenizer)
+and they all sit in the TASKS dict:
+
+    niah_single_noise   one needle "One of the special magic numbers for KEY is: VALUE." in a
+                        bland sentence group repeated over and over (RULER's noise haystack)
+    niah_single_prose   the same needle in varied invented prose
+    niah_multikey       the asked needle plus 3 needles with other keys (distractors)
+    niah_multivalue     4 needles with the same key; all 4 values must be returned
+    niah_multiquery     4 needles with 4 keys, all 4 asked at once
+    vt                  variable tracking: VAR ABCDE = 12345, then VAR X = VAR Y four times;
+                        return every variable that holds the value
+    hotpot_synth        two-hop QA over an invented world of people, companies and cities,
+                        written as `Document i:\\n{title}\\n{text}` documents (gold + distractors)
+
+Keys are adjective-noun pairs ("amber-falcon"), values 7-digit numbers, needle depths uniform.
+load_hotpotqa turns a real HotpotQA JSON file into RULER-HotpotQA samples the same way.
+
+How lengths are hit quickly. Text is built from small pieces (sentences, needles, documents)
+glued together at whitespace. Tokenizers that split words at whitespace (ours, and byte-level
+BPEs like Qwen's) then give a token count that is (nearly) the sum of the pieces' counts, so we
+count each whitespace-led unit (" apple.") once, cache it, and add. One real encode of the
+finished context checks the count; if it is off by more than 1%, the budget is corrected and
+the same (seeded) text is rebuilt. A 1M-token context takes a few seconds.
+
+Command line:
+    python -m memagent.tasks --task niah_multikey --length 32k --n 128 --seed 0 --out data.jsonl
+"""
+import argparse
+import itertools
+import json
+import os
+import random
+import re
+import sys
+import time
+
+LENGTH_TOLERANCE = 0.02  # a context's token count is within 2% of the requested length
+
+# ----------------------------------------------------------------------------------------------
+# Procedural prose: haystack and filler text. No digits, no hyphens, no all-caps words, so a
+# needle's key or value, or a variable name, can never appear in it by accident.
+
+_SUBJECTS = (
+    "the old gardener|a young painter|the village baker|my grandmother|the ferry captain|"
+    "a quiet student|the night watchman|the shepherd|our neighbour|the librarian|"
+    "a travelling musician|the school teacher|the fisherman|a curious child|the mayor|"
+    "the blacksmith|an elderly poet|the carpenter|the innkeeper|a lonely sailor|my uncle|"
+    "the head nurse|a retired soldier|the youngest daughter|the station master").split("|")
+_VERBS = (
+    "repaired|painted|carried|found|described|cleaned|studied|sold|borrowed|drew|measured|"
+    "admired|forgot|guarded|polished|wrapped|ignored|mended|noticed|moved|hid|returned").split("|")
+_THINGS = (
+    "a wooden bench|the broken gate|an old map|a basket of apples|the red lantern|"
+    "a letter from the coast|the copper kettle|a small boat|the garden wall|a stack of books|"
+    "the church bell|a woollen blanket|the long table|a jar of honey|the stone bridge|"
+    "a bundle of firewood|the faded curtain|a pair of boots|the clock tower|"
+    "a sketch of the harbour|the iron stove|a cracked mirror|the blue door").split("|")
+_PLACES = (
+    "near the river|behind the library|at the edge of the forest|in the market square|"
+    "on the hill above the town|beside the mill|under the old oak|along the northern road|"
+    "at the bottom of the valley|in the back room of the inn|by the harbour wall|"
+    "inside the greenhouse|across the frozen lake|in the attic").split("|")
+_TIMES = (
+    "before dawn|every autumn|after the long winter|on quiet evenings|during the harvest|"
+    "late one summer|at the end of each week|when the snow melted|on the first warm morning|"
+    "years ago|just after the storm|while everyone slept").split("|")
+_WANDERS = (
+    "walked slowly|waited patiently|sang softly|worked late|rested for a while|"
+    "laughed quietly|stood in silence|wandered around|read aloud|kept watch").split("|")
+_IDEAS = (
+    "patience|honest work|a good meal|careful planning|old friendship|a kind word|curiosity|"
+    "a steady hand|simple habits|good weather|music|silence|a warm fire|clean tools").split("|")
+_WEATHERS = (
+    "raining|cold and windy|almost dark|unusually warm|foggy|a bright clear day|"
+    "late in the afternoon|still early").split("|")
+_SAYINGS = (
+    "every road leads somewhere|a tidy workshop saves an hour|the rain always comes back|"
+    "small things matter most|the river remembers everything|bread tastes better when shared|"
+    "a map is only a promise|nobody regrets an early start|old tools tell long stories|"
+    "the best soup is made slowly|a closed door is still a door|winter teaches patience|"
+    "every garden needs a fence|the quiet ones notice the most|a good boat needs a calm crew|"
+    "stories grow longer in the telling|the hills look closer before rain").split("|")
+_STATES = "forgotten|left|standing|hidden|stored|kept".split("|")
+_SAIDS = "often said|once wrote|liked to say|told everyone|always claimed|still insists".split("|")
+
+_TEMPLATES = [
+    "{S} {v} {t} {p}.",
+    "{T}, {s} {v} {t}.",
+    "{S} {w} {p} {time}.",
+    "It was {weather} when {s} {v} {t}.",
+    "{S} believed that {idea} mattered more than {idea2}.",
+    "Nobody knew why {s} {v} {t} {time}.",
+    "{S} {said} that {saying}.",
+    "{Th} had been {state} {p} for many years.",
+    "There was {t} {p}, and {s} {v} it {time}.",
+    "According to {s}, {s2} {v} {t} {time}.",
+]
+
+
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def prose_sentence(rng: random.Random, forbidden=()) -> str:
+    """One invented, readable sentence; never one containing a string from `forbidden`.
+
+    forbidden is matched case-insensitively; pass a sample's answers to be sure filler text
+    cannot give them away. Example: "Before dawn, the shepherd mended a small boat."
+    """
+    forbidden = [f.lower() for f in forbidden if f]
+    for _ in range(1000):
+        s, s2 = rng.sample(_SUBJECTS, 2)
+        t = rng.choice(_THINGS)
+        idea, idea2 = rng.sample(_IDEAS, 2)
+        sentence = rng.choice(_TEMPLATES).format(
+            S=_cap(s), s=s, s2=s2, said=rng.choice(_SAIDS), v=rng.choice(_VERBS), t=t, Th=_cap(t), p=rng.choice(_PLACES),
+            T=_cap(rng.choice(_TIMES)), time=rng.choice(_TIMES), w=rng.choice(_WANDERS),
+            weather=rng.choice(_WEATHERS), idea=idea, idea2=idea2,
+            saying=rng.choice(_SAYINGS), state=rng.choice(_STATES))
+        low = sentence.lower()
+        if not any(f in low for f in forbidden):
+            return sentence
+    raise ValueError(f"could not write a sentence avoiding {forbidden!r}")
+
+
+def _prose_stream(rng, forbidden=()):
+    """Endless (separator, sentence) pairs: paragraphs of 3-7 sentences, blank line between."""
+    first = True
+    while True:
+        for j in range(rng.randint(3, 7)):
+            yield ("" if first else "\n\n" if j == 0 else " "), prose_sentence(rng, forbidden)
+            first = False
+
+
+# RULER's noise haystack idea, in our own sentences: one bland group, repeated, one per line.
+NOISE_SENTENCES = ["The lake is calm.", "The sky is clear.", "The road is long.",
+                   "Here we stay.", "Round and round again."]
+
+
+def _noise_stream():
+    first = True
+    while True:
+        for j, sentence in enumerate(NOISE_SENTENCES):
+            yield ("" if first else "\n" if j == 0 else " "), sentence
+            first = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Token counting and length fitting
+
+_UNIT = re.compile(r"\s*\S+|\s+")
+
+
+class _TokenCounter:
+    """Token count of text as the sum of its whitespace-led units (" apple."), each encoded once.
+
+    Exact for tokenizers that never merge across whitespace (ours); close for byte-level BPEs.
+    """
+
+    def __init__(self, tokenizer):
+        self.encode = tokenizer.encode
+        self.cache = {}
+
+    def __call__(self, text: str) -> int:
+        total = 0
+        for unit in _UNIT.findall(text):
+            n = self.cache.get(unit)
+            if n is None:
+                n = self.cache[unit] = len(self.encode(unit))
+            total += n
+        return total
+
+
+def _take_until(stream, budget: int, count, lookahead: int = 30) -> list:
+    """Items from stream until their token total is as close to budget as whole items allow.
+
+    When the next item would overshoot, the last slot goes to whichever of it and the
+    following `lookahead` items fills the remaining gap best (or to none of them).
+    """
+    items, total = [], 0
+    for sep, text in stream:
+        n = count(sep + text)
+        if total + n > budget:
+            gap = budget - total
+            candidates = [(sep, text)] + list(itertools.islice(stream, lookahead))
+            best = min(candidates, key=lambda c: abs(gap - count(c[0] + c[1])))
+            if abs(gap - count(best[0] + best[1])) < gap:  # closer with it than without
+                items.append(best)
+            break
+        items.append((sep, text))
+        total += n
+    return items
+
+
+def _assemble(items, inserts):
+    """Render haystack items with inserted sentences; return (context, spans).
+
+    items: (separator, sentence) pairs. inserts: (depth in [0, 1], sentence, payload) triples;
+    each goes before haystack item round(depth * len(items)). spans: (start, end, payload) of
+    every insert, character offsets into the context, in context order.
+    """
+    slots = {}
+    for depth, text, payload in sorted(inserts, key=lambda x: x[0]):
+        slots.setdefault(round(depth * len(items)), []).append((text, payload))
+    pieces, spans, pos = [], [], 0
+    for i in range(len(items) + 1):
+        chunk = [(" ", text, payload) for text, payload in slots.get(i, [])]
+        if i < len(items):
+            chunk.append((items[i][0], items[i][1], None))
+        for sep, text, payload in chunk:
+            sep = (sep or " ") if pieces else ""  # never start with, or lose, whitespace
+            pieces.append(sep + text)
+            pos += len(sep)
+            if payload is not None:
+                spans.append((pos, pos + len(text), payload))
+            pos += len(text)
+    return "".join(pieces), spans
+
+
+def _fit(build, target: int, tokenizer, what: str):
+    """Call build(budget) -> (context, meta) until the context measures within 1% of target.
+
+    build must be deterministic (same seed each call); a miss adjusts the budget by the error.
+    Returns (context, meta, n_tokens); raises if even the best try misses by more than 2%.
+    """
+    budget, best = target, None
+    for _ in range(4):
+        context, meta = build(budget)
+        n = len(tokenizer.encode(context))
+        if best is None or abs(n - target) < abs(best[2] - target):
+            best = (context, meta, n)
+        if abs(n - target) <= 0.01 * target:
+            break
+        budget += target - n
+    context, meta, n = best
+    if abs(n - target) > LENGTH_TOLERANCE * target:
+        raise ValueError(f"{what}: could not reach {target} tokens (got {n}); "
+                         "is the length too small for this task?")
+    return context, meta, n
+
+
+# ----------------------------------------------------------------------------------------------
+# Needles in a haystack (after RULER)
+
+_KEY_ADJECTIVES = (
+    "amber brave calm dusty eager fancy gentle hollow icy jolly keen lucky misty noble odd "
+    "proud quick rusty silent tidy upbeat vivid wild young zesty bold crisp dapper faint "
+    "gloomy hasty humble lively mellow nimble plain quaint rapid sturdy tender").split()
+_KEY_NOUNS = (
+    "falcon harbor lantern meadow otter pebble quill raven saddle thimble violin walrus "
+    "anchor badger candle dolphin ember fern goblet hazel igloo jackal kettle lemon magnet "
+    "nectar orchid parrot quartz ribbon spruce tulip urchin velvet willow yak zebra").split()
+
+NEEDLE = "One of the special magic numbers for {key} is: {value}."
+
+
+def _random_key(rng):
+    return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}"
+
+
+def _distinct(rng, n, make):
+    out = []
+    while len(out) < n:
+        x = make(rng)
+        if x not in out:
+            out.append(x)
+    return out
+
+
+def _and_list(names):
+    """'a' / 'a and b' / 'a, b and c'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queries=1):
+    """General RULER needle task: n_keys keys in the text, n_values values each, n_queries asked."""
+    count = _TokenCounter(tokenizer)
+
+    def build(budget):
+        rng = random.Random(seed)
+        keys = _distinct(rng, n_keys, _random_key)
+        values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(1_000_000, 9_999_999)))
+        needles = [(keys[i // n_values], values[i]) for i in range(len(values))]
+        asked = keys[:n_queries]
+        inserts = [(rng.random(), NEEDLE.format(key=k, value=v), (k, v)) for k, v in needles]
+        fixed = sum(count(" " + text) for _, text, _ in inserts)
+        if fixed >= budget:
+            raise ValueError(f"{task}: length {length} is too small, the needles alone take "
+                             f"{fixed} tokens")
+        stream = _noise_stream() if haystack == "noise" else _prose_stream(rng)
+        context, spans = _assemble(_take_until(stream, budget - fixed, count), inserts)
+        if n_queries > 1:
+            question = (f"What are all the special magic numbers for {_and_list(asked)} "
+                        "mentioned in the text?")
+        elif n_values > 1:
+            question = f"What are all the special magic numbers for {asked[0]} mentioned in the text?"
+        else:
+            question = f"What is the special magic number for {asked[0]} mentioned in the text?"
+        meta = {
+            "question": question,
+            "answers": [v for k in asked for kk, v in needles if kk == k],
+            "needles": [{"key": k, "value": v, "start": s, "end": e,
+                         "depth": round(s / len(context), 4)} for s, e, (k, v) in spans],
+        }
+        return context, meta
+
+    return _fit(build, length, tokenizer, task)
+
+
+def niah_single_noise(length, seed, tokenizer):
+    return _niah(length, seed, tokenizer, "niah_single_noise", haystack="noise")
+
+
+def niah_single_prose(length, seed, tokenizer):
+    return _niah(length, seed, tokenizer, "niah_single_prose", haystack="prose")
+
+
+def niah_multikey(length, seed, tokenizer):
+    return _niah(length, seed, tokenizer, "niah_multikey", haystack="prose", n_keys=4)
+
+
+def niah_multivalue(length, seed, tokenizer):
+    return _niah(length, seed, tokenizer, "niah_multivalue", haystack="prose", n_values=4)
+
+
+def niah_multiquery(length, seed, tokenizer):
+    return _niah(length, seed, tokenizer, "niah_multiquery", haystack="prose", n_keys=4,
+                 n_queries=4)
+
+
+def variable_tracking(length, seed, tokenizer, hops=4):
+    """VAR A = 12345, then VAR B = VAR A, ... (hops links), spread in order over noise text."""
+    count = _TokenCounter(tokenizer)
+
+    def build(budget):
+        rng = random.Random(seed)
+        names = _distinct(rng, hops + 1, lambda r: "".join(r.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+                                                           for _ in range(5)))
+        value = str(rng.randint(10_000, 99_999))
+        lines = [f"VAR {names[0]} = {value}."]
+        lines += [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, hops + 1)]
+        depths = sorted(rng.random() for _ in lines)  # the chain reads in order
+        fixed = sum(count(" " + line) for line in lines)
+        if fixed >= budget:
+            raise ValueError(f"vt: length {length} is too small, the chain alone takes "
+                             f"{fixed} tokens")
+        items = _take_until(_noise_stream(), budget - fixed, count)
+        context, spans = _assemble(items, list(zip(depths, lines, lines)))
+        meta = {
+            "question": f"Find every variable that is assigned the value {value}, directly "
+                        "or through other variables.",
+            "answers": names,
+            "chain": [{"text": t, "start": s, "end": e} for s, e, t in spans],
+        }
+        return context, meta
+
+    return _fit(build, length, tokenizer, "vt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic two-hop QA (after HotpotQA): an invented world written up as documents
+
+_FIRST_NAMES = (
+    "Alice Bruno Clara Dmitri Elena Felix Greta Hugo Ines Jonas Karin Leo Mira Nils Olga Pavel "
+    "Quinn Rosa Stefan Tara Ulrich Vera Walter Xenia Yusuf Zora Anton Bianca Carlos Daria Emil "
+    "Fiona Gustav Helga Ivan Julia Kasper Lena Marco Nora Oskar Petra Rafael Sofia Tomas "
+    "Ursula Viktor Wanda Amir Selma").split()
+_SURNAME_HEADS = ("Ash Brem Cal Dor Eld Fen Gar Hal Ist Jor Kel Lind Mor Nor Ost Pel Quar Ros "
+                  "Sten Tor Ulm Vass Wen Yar Zell Bram Crad Drum Fros Grim").split()
+_SURNAME_TAILS = "berg mann ova quist worth ley sen dahl ski nik holt er rich kov".split()
+_CITY_HEADS = ("Bel Cor Dun Est Fal Glen Har Kil Lor Mar Nes Oak Pen Riv Sal Tam Ver Wyn Ald "
+               "Bry Cas Dev Elm Fair").split()
+_CITY_TAILS = "haven mouth field bury port wick stead gate minster cross".split()
+_COMPANY_HEADS = ("Zen Vox Kry Lum Nex Orb Tri Vel Xan Ydr Ark Bex Cyr Dyn Evo Fyr Hex Ion "
+                  "Jov Kin Myr Nov Opt Pyx Qor Rax Syn Tal Umb Vir").split()
+_COMPANY_TAILS = "tek ora ix ant on ica ara eon io umo".split()
+_COMPANY_KINDS = {  # name suffix -> what the company does
+    "Foods": "food", "Motors": "car", "Labs": "research", "Textiles": "textile",
+    "Shipping": "shipping", "Pharma": "pharmaceutical", "Energy": "energy",
+    "Media": "media", "Robotics": "robotics", "Insurance": "insurance", "Breweries": "brewing",
+    "Airlines": "airline", "Software": "software", "Steel": "steel", "Bank": "banking",
+    "Furniture": "furniture", "Toys": "toy", "Optics": "optics", "Paper": "paper",
+    "Telecom": "telecommunications"}
+_PROFESSIONS = ("engineer|accountant|chemist|architect|lawyer|designer|economist|pilot|"
+                "translator|surveyor|geologist|journalist|pharmacist|statistician").split("|")
+_HOBBIES = ("sailing|chess|gardening|long walks|painting|birdwatching|cooking|cycling|"
+            "playing the cello|restoring old radios|fishing|pottery").split("|")
+_TRAITS = "patient|cheerful|stubborn|generous|careful|witty|reserved|ambitious".split("|")
+_CITY_SIZES = "small|large|busy|quiet|historic|growing".split("|")
+_CITY_SITES = ("on the northern coast|in a wide river valley|at the foot of the mountains|"
+               "on the shore of a large lake|near the eastern border|on a windy plateau").split("|")
+_CITY_SIGHTS = ("old harbour|university|spring festival|covered market|botanical garden|"
+                "steep streets|cathedral|night trains").split("|")
+_QUALITIES = "reliable|affordable|innovative|old fashioned|carefully made|popular".split("|")
+
+
+class _World:
+    """Invented cities, companies (each based in one city) and people (each with one employer).
+
+    Names come from shuffled pools, so every entity is unique; a pool running dry means the
+    requested context is longer than this world can describe (about 2M tokens).
+    """
+
+    def __init__(self, rng):
+        self.rng = rng
+        self.pools = {
+            "person": [f"{f} {h}{t}" for f in _FIRST_NAMES for h in _SURNAME_HEADS
+                       for t in _SURNAME_TAILS],
+            "company": [f"{h}{t} {k}" for h in _COMPANY_HEADS for t in _COMPANY_TAILS
+                        for k in _COMPANY_KINDS],
+            "city": [f"{h}{t}" for h in _CITY_HEADS for t in _CITY_TAILS],
+        }
+        for pool in self.pools.values():
+            rng.shuffle(pool)
+        self.cities, self.companies, self.people = [], {}, {}
+
+    def _name(self, kind):
+        if not self.pools[kind]:
+            raise ValueError(f"hotpot_synth ran out of invented {kind} names (it can "
+                             "describe about 2M tokens); ask for a shorter context")
+        return self.pools[kind].pop()
+
+    def new_city(self):
+        self.cities.append(self._name("city"))
+        return self.cities[-1]
+
+    def some_city(self, p_new):
+        """A new city with probability p_new (always while there are few), else a known one."""
+        if self.pools["city"] and (len(self.cities) < 8 or self.rng.random() < p_new):
+            return self.new_city()
+        return self.rng.choice(self.cities)
+
+    def new_company(self):
+        rng = self.rng
+        name = self._name("company")
+        city = self.some_city(p_new=0.3)
+        self.companies[name] = {"city": city, "founded": rng.randint(1850, 2015)}
+        return name
+
+    def new_person(self, new_employer=False):
+        rng = self.rng
+        name = self._name("person")
+        if new_employer or (self.pools["company"] and
+                            (len(self.companies) < 8 or rng.random() < 0.15)):
+            employer = self.new_company()
+        else:
+            employer = rng.choice(list(self.companies))
+        birth_city = self.some_city(p_new=0.2)
+        self.people[name] = {"employer": employer, "born": rng.randint(1940, 2000),
+                             "birth_city": birth_city}
+        return name
+
+    # Each document: (title, fact sentences, filler sentences). Only filler may be trimmed.
+    def person_doc(self, name, forbidden):
+        rng, p, first = self.rng, self.people[name], name.split()[0]
+        facts = [f"{name} is {_article(rng.choice(_PROFESSIONS))} who was born in {p['born']} "
+                 f"in {p['birth_city']}.", f"{name} works for {p['employer']}."]
+        filler = [f"Outside work, {first} enjoys {rng.choice(_HOBBIES)}.",
+                  f"Friends describe {first} as {rng.choice(_TRAITS)}."]
+        return name, facts, _with_prose(rng, filler, forbidden)
+
+    def company_doc(self, name, forbidden):
+        rng, c = self.rng, self.companies[name]
+        kind = _COMPANY_KINDS[name.split()[-1]]
+        facts = [f"{name} is {_article(kind)} company founded in {c['founded']}.",
+                 f"It has its headquarters in {c['city']}."]
+        filler = [f"The company is known for its {rng.choice(_QUALITIES)} products."]
+        return name, facts, _with_prose(rng, filler, forbidden)
+
+    def city_doc(self, name, forbidden):
+        rng = self.rng
+        facts = [f"{name} is {_article(rng.choice(_CITY_SIZES))} city {rng.choice(_CITY_SITES)}."]
+        filler = [f"It is known for its {rng.choice(_CITY_SIGHTS)}."]
+        return name, facts, _with_prose(rng, filler, forbidden)
+
+    def distractor_doc(self, forbidden):
+        r = self.rng.random()
+        if r < 0.1 and self.pools["city"]:
+            return self.city_doc(self.new_city(), forbidden)
+        if r < 0.35 and self.pools["company"]:
+            return self.company_doc(self.new_company(), forbidden)
+        return self.person_doc(self.new_person(), forbidden)
+
+
+def _article(word):
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _with_prose(rng, filler, forbidden):
+    return filler + [prose_sentence(rng, forbidden) for _ in range(rng.randint(2, 5))]
+
+
+def _synth_question(world, rng):
+    """(question, answer, qtype, gold documents) for one bridge or comparison question."""
+    kind = rng.choice(["bridge", "bridge", "compare_founded", "compare_born"])
+    if kind == "bridge":
+        person = world.new_person(new_employer=True)
+        employer = world.people[person]["employer"]
+        question = f"In which city is the employer of {person} based?"
+        answer = world.companies[employer]["city"]
+        return question, answer, kind, [("person", person), ("company", employer)]
+    table, attr, make, doc_kind = (
+        (world.companies, "founded", world.new_company, "company") if kind == "compare_founded"
+        else (world.people, "born", world.new_person, "person"))
+    a = make()
+    b = make()
+    while table[b][attr] == table[a][attr]:
+        b = make()
+    answer = a if table[a][attr] < table[b][attr] else b
+    if kind == "compare_founded":
+        question = f"Which company was founded earlier, {a} or {b}?"
+    else:
+        question = f"Who was born earlier, {a} or {b}?"
+    return question, answer, kind, [(doc_kind, a), (doc_kind, b)]
+
+
+def render_documents(docs) -> str:
+    """[(title, text), ...] -> 'Document 1:\\n{title}\\n{text}\\n\\nDocument 2:...'."""
+    return "\n\n".join(f"Document {i}:\n{title}\n{text}" for i, (title, text) in
+                       enumerate(docs, 1))
+
+
+def hotpot_synth(length, seed, tokenizer, n_docs=None):
+    """Two-hop QA over gold + distractor documents, shuffled.
+
+    Give either length (tokens; distractors are added, then filler sentences trimmed, from
+    the distractors first, until the context measures `length`) or n_docs (exactly that many documents, gold
+    included; length is then ignored and n_tokens reports what it came to).
+    """
+    count = _TokenCounter(tokenizer)
+    if n_docs is not None and n_docs < 2:
+        raise ValueError(f"hotpot_synth: n_docs must be at least 2 (the gold documents), "
+                         f"got {n_docs}")
+
+    def build(budget):
+        rng = random.Random(seed)
+        world = _World(random.Random(rng.getrandbits(64)))
+        question, answer, qtype, gold_refs = _synth_question(world, rng)
+        forbidden = [answer]
+        make = {"person": world.person_doc, "company": world.company_doc}
+        gold = [make[kind](name, forbidden) for kind, name in gold_refs]
+        distractors = []
+
+        def doc_tokens(doc, number):  # the numbers 1..N get used once each, whatever order
+            return count(f"\n\nDocument {number}:\n{doc[0]}\n" + " ".join(doc[1] + doc[2]))
+
+        facts_only = sum(doc_tokens((d[0], d[1], []), k + 1) for k, d in enumerate(gold))
+        if n_docs is None and facts_only > budget * (1 + LENGTH_TOLERANCE):
+            raise ValueError(f"hotpot_synth: length {length} is too small, the facts of the "
+                             f"two gold documents alone take {facts_only} tokens")
+        total = sum(doc_tokens(d, k + 1) for k, d in enumerate(gold))
+        while (len(gold) + len(distractors) < n_docs) if n_docs is not None else total < budget:
+            distractors.append(world.distractor_doc(forbidden))
+            total += doc_tokens(distractors[-1], len(gold) + len(distractors))
+        docs = gold + distractors
+        order = list(range(len(docs)))
+        rng.shuffle(order)
+        if n_docs is None:  # trim filler, last distractors first, until closest to budget
+            excess = count(_render(docs, order)) - budget
+            for doc in distractors[::-1] + gold:
+                while doc[2] and excess > 0 and count(" " + doc[2][-1]) < 2 * excess:
+                    excess -= count(" " + doc[2].pop())
+        context = _render(docs, order)
+        meta = {"question": question, "answers": [answer], "qtype": qtype,
+                "gold_docs": sorted(order.index(i) + 1 for i in range(len(gold))),
+                "gold_titles": [d[0] for d in gold], "n_docs": len(docs)}
+        return context, meta
+
+    if n_docs is not None:
+        context, meta = build(None)
+        return context, meta, len(tokenizer.encode(context))
+    return _fit(build, length, tokenizer, "hotpot_synth")
+
+
+def _render(docs, order):
+    return render_documents([(docs[i][0], " ".join(docs[i][1] + docs[i][2])) for i in order])
+
+
+TASKS = {
+    "niah_single_noise": niah_single_noise,
+    "niah_single_prose": niah_single_prose,
+    "niah_multikey": niah_multikey,
+    "niah_multivalue": niah_multivalue,
+    "niah_multiquery": niah_multiquery,
+    "vt": variable_tracking,
+    "hotpot_synth": hotpot_synth,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Samples, sample sets, lengths
+
+def make_sample(task: str, length: int | None, seed: int, tokenizer, n_docs: int | None = None):
+    """One sample of `task` whose context measures `length` tokens (within 2%) under tokenizer.
+
+    tokenizer: anything with encode(str) -> list[int] that adds no special tokens.
+    n_docs: hotpot_synth only, a document count instead of a token length.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    if n_docs is not None:
+        if task != "hotpot_synth":
+            raise ValueError(f"n_docs only applies to hotpot_synth, not {task!r}")
+        context, meta, n_tokens = hotpot_synth(None, seed, tokenizer, n_docs=n_docs)
+    else:
+        if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+            raise ValueError(f"length must be a positive number of tokens, got {length!r}")
+        context, meta, n_tokens = TASKS[task](length, seed, tokenizer)
+    return {"task": task, "question": meta.pop("question"), "context": context,
+            "answers": meta.pop("answers"), "length": length, "n_tokens": n_tokens,
+            "seed": seed, **meta}
+
+
+def make_samples(task: str, length: int | None, n: int, seed: int, tokenizer,
+                 n_docs: int | None = None) -> list[dict]:
+    """n distinct samples; sample i uses seed * 1_000_000 + i (skipping repeats of a question)."""
+    if n <= 0 or n >= 1_000_000:
+        raise ValueError(f"n must be between 1 and 999999, got {n}")
+    samples, seen, i = [], set(), 0
+    while len(samples) < n:
+        if i >= 1_000_000:
+            raise ValueError(f"could not make {n} distinct {task} samples")
+        sample = make_sample(task, length, seed * 1_000_000 + i, tokenizer, n_docs=n_docs)
+        i += 1
+        signature = (sample["question"], tuple(sample["answers"]))
+        if signature not in seen:
+            seen.add(signature)
+            samples.append(sample)
+    return samples
+
+
+def parse_length(text) -> int:
+    """Token count from '4096', '32k', '1.5k' or '1M'. k = 1000 and M = 1,000,000 (decimal).
+
+    >>> parse_length("32k"), parse_length("1M"), parse_length(" 1.5K "), parse_length(4096)
+    (32000, 1000000, 1500, 4096)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read length {text!r}: expected tokens like 4096, 32k or 1M")
+    value = float(m[1]) * {"": 1, "k": 1000, "m": 1_000_000}[m[2].lower()]
+    if value != int(value) or value <= 0:
+        raise ValueError(f"length {text!r} must be a positive whole number of tokens")
+    return int(value)
+
+
+def save_jsonl(samples, path) -> None:
+    """One JSON object per line (UTF-8), parent folders created."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+
+
+REQUIRED_KEYS = ("question", "context", "answers")
+
+
+def load_jsonl(path) -> list[dict]:
+    """Samples saved by save_jsonl; errors name the file and the bad line."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no sample file at {path}")
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(sample, dict):
+                raise ValueError(f"{path}, line {lineno}: expected a JSON object")
+            missing = [k for k in REQUIRED_KEYS if k not in sample]
+            if missing:
+                raise ValueError(f"{path}, line {lineno}: missing {', '.join(missing)}")
+            samples.append(sample)
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------
+# Real HotpotQA -> RULER-HotpotQA
+
+def _random_order(rng, n):
+    """0..n-1 in random order, drawn lazily (Fisher-Yates, one swap per draw)."""
+    pool = list(range(n))
+    for k in range(n):
+        j = rng.randrange(k, n)
+        pool[k], pool[j] = pool[j], pool[k]
+        yield pool[k]
+
+
+def load_hotpotqa(path, n_docs=None, length=None, tokenizer=None, seed=0, n=None) -> list[dict]:
+    """RULER-HotpotQA samples from an official HotpotQA JSON file (which users bring).
+
+    Each question keeps all of its own paragraphs and gets paragraphs of *other* questions as
+    distractors (never one sharing a title with its own), all rendered as
+    `Document i:\\n{title}\\n{text}` and shuffled with a seeded RNG (seed, question index).
+    Size: n_docs documents in all (RULER: 50 ~ 7K tokens, 200 ~ 28K), or length tokens
+    (needs tokenizer; whole documents are added while that brings the count closer), or
+    neither: just the question's own paragraphs (HotpotQA's distractor setting, ~10).
+    n: only the first n questions.
+    """
+    if n_docs is not None and length is not None:
+        raise ValueError("load_hotpotqa: give n_docs or length, not both")
+    if length is not None and tokenizer is None:
+        raise ValueError("load_hotpotqa: a length in tokens needs a tokenizer")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no HotpotQA file at {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of HotpotQA questions")
+    for i, item in enumerate(data):
+        missing = [k for k in ("question", "answer", "context") if k not in item]
+        if missing:
+            raise ValueError(f"{path}: question {i} lacks {', '.join(missing)}")
+    # every distinct paragraph, in a fixed order; paragraph text = its sentences joined as-is
+    paragraphs = sorted({(t, "".join(s)) for item in data for t, s in item["context"]})
+    index = {p: i for i, p in enumerate(paragraphs)}
+    count = _TokenCounter(tokenizer) if tokenizer is not None else None
+    samples = []
+    for qi, item in enumerate(data[:n]):
+        rng = random.Random(seed * 1_000_003 + qi)
+        own = list(dict.fromkeys(index[(t, "".join(s))] for t, s in item["context"]))
+        own_titles = {paragraphs[i][0] for i in own}
+        others = (i for i in _random_order(rng, len(paragraphs))
+                  if paragraphs[i][0] not in own_titles)
+        chosen = list(own)
+        if n_docs is not None:
+            if n_docs < len(own):
+                raise ValueError(f"n_docs={n_docs} is fewer than question {qi}'s own "
+                                 f"{len(own)} paragraphs")
+            chosen += itertools.islice(others, n_docs - len(own))
+            if len(chosen) < n_docs:
+                raise ValueError(f"n_docs={n_docs} but the file only has "
+                                 f"{len(chosen) - len(own)} distractor paragraphs for "
+                                 f"question {qi}")
+        elif length is not None:
+            def doc_tokens(i):
+                return count(f"\n\nDocument 9:\n{paragraphs[i][0]}\n{paragraphs[i][1]}")
+            total = sum(doc_tokens(i) for i in own)
+            for i in others:
+                n_doc = doc_tokens(i)
+                if total + n_doc > length and (total + n_doc - length) >= (length - total):
+                    break  # this document would take us further from length
+                chosen.append(i)
+                total += n_doc
+        rng.shuffle(chosen)
+        context = render_documents([paragraphs[i] for i in chosen])
+        gold_titles = sorted({t for t, _ in item.get("supporting_facts", [])})
+        samples.append({
+            "task": "hotpotqa", "question": item["question"], "context": context,
+            "answers": [item["answer"]], "length": length,
+            "n_tokens": len(tokenizer.encode(context)) if tokenizer is not None else None,
+            "seed": seed, "id": item.get("_id", str(qi)), "n_docs": len(chosen),
+            "gold_titles": gold_titles,
+            "gold_docs": [k + 1 for k, i in enumerate(chosen) if paragraphs[i][0] in gold_titles],
+            "type": item.get("type"), "level": item.get("level")})
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------
+# Text for training the tokenizer
+
+class _WordCounter:
+    """Stand-in tokenizer, one "token" per word, so text can be made before ours exists."""
+
+    @staticmethod
+    def encode(text):
+        return text.split()
+
+
+def tokenizer_corpus(seed: int = 0, n_chars: int = 300_000) -> str:
+    """About n_chars of text from every task family: questions, contexts and answers."""
+    parts, size, i = [], 0, 0
+    while size < n_chars:
+        for task in TASKS:
+            s = make_sample(task, 1000, seed * 1_000_000 + i, _WordCounter())
+            text = "\n".join([s["question"], s["context"], ", ".join(s["answers"])])
+            parts.append(text)
+            size += len(text)
+        i += 1
+    return "\n\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m memagent.tasks", description="Generate long-context samples as JSONL.")
+    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}, or hotpotqa")
+    parser.add_argument("--length", help="context length in tokens: 4096, 32k, 1M (k = 1000)")
+    parser.add_argument("--docs", type=int, help="hotpot_synth / hotpotqa: number of documents")
+    parser.add_argument("--n", type=int, default=1, help="number of samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output .jsonl file")
+    parser.add_argument("--hotpotqa", help="hotpotqa: path of the official HotpotQA JSON file")
+    parser.add_argument("--tokenizer", help="a sentencepiece .model file (default: train or "
+                                            "load ours from --tokenizer-dir)")
+    parser.add_argument("--tokenizer-dir", default=None, help="cache folder of our tokenizer")
+    parser.add_argument("--vocab-size", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    if args.task not in TASKS and args.task != "hotpotqa":
+        parser.error(f"unknown task {args.task!r}; valid: {', '.join(TASKS)}, hotpotqa")
+    if args.length is None and args.docs is None:
+        parser.error("give --length (or --docs for hotpot_synth / hotpotqa)")
+    if args.docs is not None and args.task not in ("hotpot_synth", "hotpotqa"):
+        parser.error("--docs only applies to hotpot_synth and hotpotqa")
+    if args.task == "hotpotqa" and not args.hotpotqa:
+        parser.error("--task hotpotqa needs --hotpotqa FILE")
+    if args.n <= 0:
+        parser.error(f"--n must be positive, got {args.n}")
+    try:
+        length = parse_length(args.length) if args.length is not None else None
+    except ValueError as e:
+        parser.error(str(e))
+
+    from memagent import tokenizer as tok  # here, not at the top: tokenizer.py imports us
+    try:
+        if args.tokenizer:
+            tokenizer = tok.Tokenizer.load(args.tokenizer)
+        else:
+            tokenizer = tok.get_tokenizer(args.tokenizer_dir or tok.DEFAULT_CACHE_DIR,
+                                          vocab_size=args.vocab_size or tok.DEFAULT_VOCAB_SIZE)
+        start = time.time()
+        if args.task == "hotpotqa":
+            samples = load_hotpotqa(args.hotpotqa, n_docs=args.docs,
+                                    length=None if args.docs else length,
+                                    tokenizer=tokenizer, seed=args.seed, n=args.n)
+        else:
+            samples = make_samples(args.task, None if args.docs else length, args.n, args.seed,
+                                   tokenizer, n_docs=args.docs)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    save_jsonl(samples, args.out)
+    mean = sum(s["n_tokens"] for s in samples) / len(samples)
+    print(f"wrote {len(samples)} {args.task} samples (mean {mean:.0f} tokens) to {args.out} "
+          f"in {time.time() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""A small sentencepiece tokenizer trained on our own task text, and the chat format.
+
+Tiny CPU models cannot afford Qwen's 151,936-token vocabulary, so we train a 2048-piece BPE
+on text from the task generators (plus the prompts, plus any text the user gives) in a few
+seconds, and cache it on disk (out/tokenizer/ by default, beside the checkpoints).
+
+Choices that make it fit MemAgent:
+* digits are split one per token, so any 7-digit value is a sequence the model can copy;
+* byte fallback: a character never seen in training becomes its UTF-8 bytes, never <unk>;
+* no whitespace normalization and no dummy prefix, so decode(encode(text)) == text exactly,
+  leading, repeated and trailing spaces included;
+* the chat specials and "\\n" are single pieces, and encode() cuts the text at them before
+  sentencepiece sees it. Pieces never cross a space either (sentencepiece's default), so
+  token counts add up: encode(a + b) == encode(a) + encode(b) whenever b starts with a space,
+  a newline or a special. The task generators rely on this to hit lengths fast.
+
+Special ids: <|im_start|> and <|im_end|> frame a chat turn; a reply ends with <|im_end|>, which
+is therefore eos_id; <|endoftext|> also stops generation (stop_ids); <|pad|> pads batches.
+
+The chat rendering lives here and only here: chat_prompt() for text, render_prompt() and
+render_reply() for ids; rollouts and the supervised warm start both call these.
+"""
+import io
+import os
+import re
+
+import sentencepiece as spm
+
+SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|pad|>"]
+NEWLINE = "\n"
+DEFAULT_VOCAB_SIZE = 2048
+DEFAULT_CACHE_DIR = os.path.join("out", "tokenizer")
+CORPUS_VERSION = 1  # bump when the training text changes, so old caches are not reused
+
+# sentencepiece shows spaces as U+2581 internally; a literal U+2581 in the input would come
+# back as a space, so encode() writes it as its three UTF-8 byte pieces instead.
+_SPACE_MARK = "\u2581"
+_CUT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS + [NEWLINE, _SPACE_MARK])
+                  + ")")
+
+
+def chat_prompt(user_text: str) -> str:
+    """One user turn, then the opening of the assistant's turn (ChatML style).
+
+    >>> chat_prompt("Hi")
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    return f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def chat_text(user_text: str, reply_text: str) -> str:
+    """The whole conversation as text: chat_prompt(user_text) + reply + <|im_end|>."""
+    return chat_prompt(user_text) + reply_text + "<|im_end|>"
+
+
+class Tokenizer:
+    """encode/decode with a trained sentencepiece model; see the module docstring."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no tokenizer model at {path}")
+        self.path = path
+        self.sp = spm.SentencePieceProcessor(model_file=path)
+        self.vocab_size = self.sp.get_piece_size()
+        piece_id = {}
+        for piece in SPECIAL_TOKENS + [NEWLINE, "<0xE2>", "<0x96>", "<0x81>"]:
+            i = self.sp.piece_to_id(piece)
+            if self.sp.id_to_piece(i) != piece:
+                raise ValueError(f"{path} is not a memagent tokenizer: no piece {piece!r}")
+            piece_id[piece] = i
+        self.im_start_id = piece_id["<|im_start|>"]
+        self.im_end_id = piece_id["<|im_end|>"]
+        self.endoftext_id = piece_id["<|endoftext|>"]
+        self.pad_id = piece_id["<|pad|>"]
+        self.newline_id = piece_id[NEWLINE]
+        self.eos_id = self.im_end_id
+        self.stop_ids = [self.im_end_id, self.endoftext_id]
+        self._cut_ids = {s: [piece_id[s]] for s in SPECIAL_TOKENS + [NEWLINE]}
+        self._cut_ids[_SPACE_MARK] = [piece_id["<0xE2>"], piece_id["<0x96>"], piece_id["<0x81>"]]
+
+    @classmethod
+    def load(cls, path: str) -> "Tokenizer":
+        return cls(path)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of text, no BOS/EOS added; special-token strings become their single ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        parts = _CUT.split(text)  # plain, cut, plain, cut, ..., plain
+        encoded = self.sp.encode(parts[0::2])  # one batched call for all plain stretches
+        ids = list(encoded[0])
+        for cut, plain_ids in zip(parts[1::2], encoded[1:]):
+            ids += self._cut_ids[cut]
+            ids += plain_ids
+        return ids
+
+    def decode(self, ids) -> str:
+        """Text of ids (special ids give back their strings); exact inverse of encode."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids out of range 0..{self.vocab_size - 1}: {bad[:5]}")
+        return self.sp.decode(ids)
+
+    def decode_reply(self, ids) -> str:
+        """Text of a generated reply, up to (not including) its first stop id."""
+        ids = [int(i) for i in ids]
+        for k, i in enumerate(ids):
+            if i in self.stop_ids:
+                ids = ids[:k]
+                break
+        return self.decode(ids)
+
+    def render_prompt(self, user_text: str) -> list[int]:
+        """Ids of chat_prompt(user_text): what the model sees before it replies."""
+        return self.encode(chat_prompt(user_text))
+
+    def render_reply(self, reply_text: str) -> list[int]:
+        """Ids of a reply, ending with im_end_id. render_prompt(u) + render_reply(r) equals
+        encode(chat_text(u, r)), because the prompt ends in a newline, where encode cuts."""
+        return self.encode(reply_text) + [self.im_end_id]
+
+    def __repr__(self):
+        return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def _training_lines(seed: int, n_chars: int, extra_text):
+    """Lines of training text: every task family, every prompt, a few chat turns, user text."""
+    from memagent import prompts, tasks  # tasks imports nothing of ours; no cycle
+    corpus = tasks.tokenizer_corpus(seed=seed, n_chars=n_chars)
+    examples = [chat_prompt(prompts.memory_prompt("Question?", prompts.initial_memory(c),
+                                                  "Some text.", compact=c))
+                + "The memory.<|im_end|>" for c in (False, True)]
+    examples += [chat_prompt(prompts.final_prompt("Question?", "Notes.", compact=c))
+                 + "The answer is \\boxed{1234567}.<|im_end|>" for c in (False, True)]
+    texts = [corpus] + examples * 20
+    if extra_text is not None:
+        texts += [extra_text] if isinstance(extra_text, str) else list(extra_text)
+    return [line for text in texts for line in text.split("\n") if line.strip()]
+
+
+def model_path(folder: str, vocab_size: int) -> str:
+    """Where the cached model of this vocab size lives: {folder}/memagent-v1-2048.model."""
+    return os.path.join(folder, f"memagent-v{CORPUS_VERSION}-{vocab_size}.model")
+
+
+def train_tokenizer(out_dir: str, vocab_size: int = DEFAULT_VOCAB_SIZE, extra_text=None,
+                    seed: int = 0, n_chars: int = 300_000) -> Tokenizer:
+    """Train a BPE on generated task text (+ extra_text: a str or list of str) and save it.
+
+    Writes model_path(out_dir, vocab_size) atomically (temp file, then rename) and returns
+    the loaded Tokenizer. Takes a few seconds for the default 300K characters.
+    """
+    if vocab_size < 400:
+        raise ValueError(f"vocab_size {vocab_size} is too small: 256 byte pieces, "
+                         f"{len(SPECIAL_TOKENS) + 2} specials and the alphabet need ~400")
+    lines = _training_lines(seed, n_chars, extra_text)
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, model_type="bpe",
+            vocab_size=vocab_size, character_coverage=1.0, byte_fallback=True,
+            split_digits=True, user_defined_symbols=SPECIAL_TOKENS + [NEWLINE],
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=False, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+            max_sentence_length=1 << 16, input_sentence_size=0, shuffle_input_sentence=False,
+            num_threads=2, minloglevel=2)
+    except RuntimeError as e:
+        raise ValueError(f"sentencepiece could not train a {vocab_size}-piece vocabulary "
+                         f"(try a smaller vocab_size or more text): {e}") from None
+    os.makedirs(out_dir, exist_ok=True)
+    path = model_path(out_dir, vocab_size)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(tmp, path)
+    return Tokenizer(path)
+
+
+def get_tokenizer(cache_dir: str = DEFAULT_CACHE_DIR,
+                  vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
+    """The cached tokenizer of this vocab size from cache_dir, trained and saved if absent."""
+    path = model_path(cache_dir, vocab_size)
+    if os.path.exists(path):
+        tok = Tokenizer(path)
+        if tok.vocab_size == vocab_size:
+            return tok
+    return train_tokenizer(cache_dir, vocab_size=vocab_size)

@@ -1,0 +1,378 @@
+"""Task generators: determinism, lengths, where needles and answers are, the HotpotQA loader.
+
+Checks re-derive facts from the context text itself (regexes over the documents, a resolver
+for the variable chain) rather than trusting the generator's metadata.
+"""
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from memagent import tasks
+from memagent.tasks import (NEEDLE, TASKS, load_hotpotqa, load_jsonl, make_sample,
+                            make_samples, parse_length, prose_sentence, save_jsonl)
+from memagent.tokenizer import train_tokenizer
+
+NIAH = ["niah_single_noise", "niah_single_prose", "niah_multikey", "niah_multivalue",
+        "niah_multiquery"]
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory):
+    return train_tokenizer(str(tmp_path_factory.mktemp("tok_tasks")), vocab_size=2048)
+
+
+class WordTokenizer:
+    """A different tokenizer (one id per word) to show generators do not depend on ours."""
+
+    def encode(self, text):
+        return [hash(w) % 1000 for w in text.split()]
+
+
+def test_task_table():
+    assert sorted(TASKS) == sorted(NIAH + ["vt", "hotpot_synth"])
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_deterministic_per_seed(tok, task):
+    a = make_sample(task, 2000, seed=7, tokenizer=tok)
+    b = make_sample(task, 2000, seed=7, tokenizer=tok)
+    c = make_sample(task, 2000, seed=8, tokenizer=tok)
+    assert a == b
+    assert a["context"] != c["context"] and a["answers"] != c["answers"]
+    assert set(a) >= {"question", "context", "answers", "task", "length", "seed", "n_tokens"}
+    assert a["task"] == task and a["length"] == 2000 and a["seed"] == 7
+
+
+@pytest.mark.parametrize("length", [1000, 8000, 64000])
+@pytest.mark.parametrize("task", list(TASKS))
+def test_length_within_two_percent(tok, task, length):
+    s = make_sample(task, length, seed=length, tokenizer=tok)
+    n = len(tok.encode(s["context"]))  # measured here, not taken from the sample
+    assert abs(n - length) <= 0.02 * length
+    assert s["n_tokens"] == n
+
+
+@pytest.mark.parametrize("task", ["niah_single_prose", "vt", "hotpot_synth"])
+def test_length_with_another_tokenizer(task):
+    s = make_sample(task, 5000, seed=1, tokenizer=WordTokenizer())
+    assert abs(len(s["context"].split()) - 5000) <= 100
+
+
+def test_length_with_a_byte_level_bpe():
+    """A Qwen-style byte-level BPE (merges digits, newlines): counts are only nearly additive,
+    so this exercises the measure-and-correct loop."""
+    tokenizers = pytest.importorskip("tokenizers")
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=3000, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False)
+    bpe.train_from_iterator(tasks.tokenizer_corpus(n_chars=100_000).split("\n"), trainer)
+
+    class Wrapped:
+        def encode(self, text):
+            return bpe.encode(text).ids
+
+    for task in TASKS:
+        s = make_sample(task, 6000, seed=2, tokenizer=Wrapped())
+        assert abs(len(bpe.encode(s["context"]).ids) - 6000) <= 120, task
+
+
+def test_one_million_tokens_in_seconds(tok):
+    start = time.time()
+    s = make_sample("niah_single_prose", 1_000_000, seed=0, tokenizer=tok)
+    assert time.time() - start < 30
+    assert abs(len(tok.encode(s["context"])) - 1_000_000) <= 20_000
+
+
+@pytest.mark.parametrize("task", NIAH)
+def test_needles_are_where_the_sample_says(tok, task):
+    for seed in range(5):
+        s = make_sample(task, 3000, seed=seed, tokenizer=tok)
+        ctx, needles = s["context"], s["needles"]
+        keys = {n["key"] for n in needles}
+        for n in needles:
+            assert ctx[n["start"]:n["end"]] == NEEDLE.format(key=n["key"], value=n["value"])
+            assert ctx.count(n["value"]) == 1  # the value is nowhere else
+            # the key appears in its own needles and nowhere else
+            assert ctx.count(n["key"]) == sum(m["key"] == n["key"] for m in needles)
+            assert n["depth"] == pytest.approx(n["start"] / len(ctx), abs=1e-4)
+        assert len(re.findall(r"\d{7}", ctx)) == len(needles)
+        asked = [k for k in keys if k in s["question"]]
+        assert sorted(s["answers"]) == sorted(n["value"] for n in needles if n["key"] in asked)
+        expected = {"niah_single_noise": (1, 1, 1), "niah_single_prose": (1, 1, 1),
+                    "niah_multikey": (4, 4, 1), "niah_multivalue": (1, 4, 4),
+                    "niah_multiquery": (4, 4, 4)}[task]
+        assert (len(keys), len(needles), len(s["answers"])) == expected
+        if task == "niah_multikey":  # distractor keys never equal the asked key
+            (key,) = asked
+            assert sum(n["key"] == key for n in needles) == 1
+            assert all(k not in s["question"] for k in keys - {key})
+        assert all(re.fullmatch(r"[a-z]+-[a-z]+", k) for k in keys)
+        assert all(re.fullmatch(r"\d{7}", v) for v in s["answers"])
+
+
+def test_noise_and_prose_haystacks(tok):
+    noise = make_sample("niah_single_noise", 2000, seed=0, tokenizer=tok)["context"]
+    prose = make_sample("niah_single_prose", 2000, seed=0, tokenizer=tok)["context"]
+    noise_sents = set(re.split(r"(?<=\.)\s+", noise))
+    prose_sents = set(re.split(r"(?<=\.)\s+", prose))
+    assert len(noise_sents) <= len(tasks.NOISE_SENTENCES) + 1  # one group, repeated (+ needle)
+    assert len(prose_sents) > 50  # varied
+
+
+def test_needle_depth_is_uniform(tok):
+    depths = [make_sample("niah_single_noise", 1000, seed=i, tokenizer=tok)["needles"][0]["depth"]
+              for i in range(200)]
+    # uniform on [0, 1]: mean 1/2 with standard error ~0.02; all quarters populated
+    assert abs(sum(depths) / len(depths) - 0.5) < 0.08
+    quarters = [sum(q / 4 <= d < (q + 1) / 4 for d in depths) for q in range(4)]
+    assert min(quarters) > 25
+
+
+def test_prose_never_contains_answers():
+    rng = random.Random(0)
+    sentences = [prose_sentence(rng) for _ in range(3000)]
+    text = " ".join(sentences)
+    assert not re.search(r"\d", text)      # no 7-digit values, no vt values
+    assert "-" not in text                  # no adjective-noun keys
+    assert not re.search(r"\b[A-Z]{2,}\b", text)  # no vt variable names
+    assert len(set(sentences)) > 2850       # varied: few repeats in 3000
+    # an explicit guard: sentences with a forbidden string are never produced
+    forbidden = ["river", "The Old Gardener"]
+    assert any("river" in s for s in sentences) and any("the old gardener" in s.lower()
+                                                        for s in sentences)
+    guarded = [prose_sentence(rng, forbidden) for _ in range(2000)]
+    assert not any("river" in s.lower() or "the old gardener" in s.lower() for s in guarded)
+
+
+def resolve_variables(context):
+    """Independent oracle for vt: follow every VAR assignment in the text."""
+    value_of = {}
+    for name, rhs in re.findall(r"VAR ([A-Z]{5}) = (VAR [A-Z]{5}|\d+)\.", context):
+        value_of[name] = value_of[rhs[4:]] if rhs.startswith("VAR ") else rhs
+    return value_of
+
+
+def test_variable_tracking(tok):
+    for seed in range(5):
+        s = make_sample("vt", 4000, seed=seed, tokenizer=tok)
+        value = re.search(r"value (\d+)", s["question"])[1]
+        bound = resolve_variables(s["context"])
+        assert sorted(s["answers"]) == sorted(k for k, v in bound.items() if v == value)
+        assert len(s["answers"]) == 5
+        starts = [c["start"] for c in s["chain"]]
+        assert starts == sorted(starts)
+        for c in s["chain"]:
+            assert s["context"][c["start"]:c["end"]] == c["text"]
+        # each name: once where it is assigned, once where the next one copies it
+        counts = [s["context"].count(name) for name in s["answers"]]
+        assert counts == [2, 2, 2, 2, 1]
+
+
+def parse_documents(context):
+    docs = re.findall(r"Document (\d+):\n([^\n]+)\n([^\n]*)", context)
+    return [(int(i), title, text) for i, title, text in docs]
+
+
+def test_hotpot_synth_questions_are_answerable(tok):
+    seen = set()
+    for seed in range(16):
+        s = make_sample("hotpot_synth", 3000, seed=seed, tokenizer=tok)
+        docs = parse_documents(s["context"])
+        assert [d[0] for d in docs] == list(range(1, len(docs) + 1)) == \
+            list(range(1, s["n_docs"] + 1))
+        by_title = {title: text for _, title, text in docs}
+        assert len(by_title) == len(docs)  # every entity has at most one document
+        assert sorted(docs[i - 1][1] for i in s["gold_docs"]) == sorted(s["gold_titles"])
+        q, (answer,) = s["question"], s["answers"]
+        seen.add(s["qtype"])
+        if s["qtype"] == "bridge":
+            person = re.search(r"employer of (.+) based\?", q)[1]
+            employer = re.search(re.escape(person) + r" works for (.+?)\.", by_title[person])[1]
+            city = re.search(r"headquarters in (.+?)\.", by_title[employer])[1]
+            assert city == answer
+        else:
+            a, b = re.search(r"earlier, (.+) or (.+)\?", q).groups()
+            years = {x: int(re.search(r"(?:founded in|born in) (\d{4})", by_title[x])[1])
+                     for x in (a, b)}
+            assert years[a] != years[b]
+            assert answer == min((a, b), key=years.get)
+    assert seen == {"bridge", "compare_founded", "compare_born"}
+
+
+def test_hotpot_synth_by_document_count(tok):
+    s = make_sample("hotpot_synth", None, seed=3, tokenizer=tok, n_docs=50)
+    assert len(parse_documents(s["context"])) == 50 == s["n_docs"]
+    assert s["n_tokens"] == len(tok.encode(s["context"]))
+    with pytest.raises(ValueError, match="at least 2"):
+        make_sample("hotpot_synth", None, seed=3, tokenizer=tok, n_docs=1)
+    with pytest.raises(ValueError, match="only applies to hotpot_synth"):
+        make_sample("vt", 1000, seed=3, tokenizer=tok, n_docs=10)
+
+
+def test_bad_task_and_length(tok):
+    with pytest.raises(ValueError, match="unknown task 'niah'.*niah_single_noise.*hotpot_synth"):
+        make_sample("niah", 1000, 0, tok)
+    for bad in (0, -5, 1.5, "1k", None):
+        with pytest.raises(ValueError, match="positive number of tokens"):
+            make_sample("vt", bad, 0, tok)
+    for task in TASKS:  # far too short to hold the needles / gold documents
+        with pytest.raises(ValueError, match="too small"):
+            make_sample(task, 20, 0, tok)
+
+
+def test_make_samples_distinct_and_deterministic(tok):
+    a = make_samples("niah_single_noise", 500, n=20, seed=1, tokenizer=tok)
+    assert a == make_samples("niah_single_noise", 500, n=20, seed=1, tokenizer=tok)
+    assert len({(s["question"], tuple(s["answers"])) for s in a}) == 20
+    b = make_samples("niah_single_noise", 500, n=20, seed=2, tokenizer=tok)
+    assert not {s["seed"] for s in a} & {s["seed"] for s in b}
+    s = a[5]  # any sample can be rebuilt from its own fields
+    assert make_sample(s["task"], s["length"], s["seed"], tok) == s
+
+
+def test_parse_length():
+    assert parse_length("32k") == 32_000
+    assert parse_length("1M") == 1_000_000
+    assert parse_length("1.5k") == 1500
+    assert parse_length("4096") == 4096 and parse_length(4096) == 4096
+    for bad in ("", "abc", "-5", "0", "1.2345k", "32kb", "k"):
+        with pytest.raises(ValueError):
+            parse_length(bad)
+
+
+def test_jsonl_round_trip_and_errors(tok, tmp_path):
+    samples = make_samples("hotpot_synth", 1000, n=3, seed=0, tokenizer=tok)
+    path = tmp_path / "sub" / "data.jsonl"
+    save_jsonl(samples, path)
+    assert load_jsonl(path) == samples
+    with pytest.raises(FileNotFoundError, match="no sample file"):
+        load_jsonl(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(samples[0]) + "\n{not json\n")
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        load_jsonl(bad)
+    bad.write_text(json.dumps({"question": "q", "context": "c"}) + "\n")
+    with pytest.raises(ValueError, match="line 1: missing answers"):
+        load_jsonl(bad)
+
+
+def test_tokenizer_corpus_covers_every_family():
+    text = tasks.tokenizer_corpus(seed=0, n_chars=20_000)
+    assert len(text) >= 20_000
+    for marker in ["special magic number", tasks.NOISE_SENTENCES[0], "VAR ", "Document 1:\n",
+                   "headquarters in"]:
+        assert marker in text
+
+
+# ---- the HotpotQA loader, on a file written here --------------------------------------------
+
+def write_hotpotqa(path, n_questions=6):
+    data = []
+    for q in range(n_questions):
+        context = [[f"Gold A{q}", [f"Fact one of {q}.", " Fact two."]],
+                   [f"Gold B{q}", [f"Second gold of {q}."]],
+                   [f"Other{q}", [f"A distractor paragraph {q}."]]]
+        data.append({"_id": f"id{q}", "question": f"Question {q}?", "answer": f"answer {q}",
+                     "context": context, "type": "bridge", "level": "easy",
+                     "supporting_facts": [[f"Gold A{q}", 0], [f"Gold B{q}", 0]]})
+    # a paragraph of question 1 reusing question 0's title must never be 0's distractor
+    data[1]["context"].append(["Gold A0", ["Same title, other text."]])
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_load_hotpotqa_by_document_count(tmp_path):
+    path = tmp_path / "hotpot.json"
+    data = write_hotpotqa(path)
+    samples = load_hotpotqa(str(path), n_docs=8, seed=0)
+    assert len(samples) == len(data)
+    s = samples[0]
+    docs = parse_documents(s["context"])
+    assert len(docs) == 8 == s["n_docs"]
+    titles = [t for _, t, _ in docs]
+    # its own 3 paragraphs, text = sentences joined as they are
+    assert ("Gold A0", "Fact one of 0. Fact two.") in [(t, x) for _, t, x in docs]
+    assert {"Gold A0", "Gold B0", "Other0"} <= set(titles)
+    assert titles.count("Gold A0") == 1  # the same-title paragraph of question 1 is excluded
+    assert s["gold_titles"] == ["Gold A0", "Gold B0"]
+    assert sorted(titles[i - 1] for i in s["gold_docs"]) == ["Gold A0", "Gold B0"]
+    assert s["question"] == "Question 0?" and s["answers"] == ["answer 0"]
+    assert s["task"] == "hotpotqa" and s["id"] == "id0"
+    # seeded: same seed, same sample; another seed, another shuffle
+    assert load_hotpotqa(str(path), n_docs=8, seed=0) == samples
+    other = load_hotpotqa(str(path), n_docs=8, seed=1)
+    assert [x["context"] for x in other] != [x["context"] for x in samples]
+    assert len(load_hotpotqa(str(path), n_docs=8, n=2)) == 2
+    # no size given: only the question's own paragraphs
+    own = load_hotpotqa(str(path))
+    assert [x["n_docs"] for x in own] == [3, 4, 3, 3, 3, 3]
+    assert {t for _, t, _ in parse_documents(own[0]["context"])} == {"Gold A0", "Gold B0", "Other0"}
+
+
+def test_load_hotpotqa_by_length(tok, tmp_path):
+    path = tmp_path / "hotpot.json"
+    write_hotpotqa(path, n_questions=20)
+    short = load_hotpotqa(str(path), length=100, tokenizer=tok, n=1)[0]
+    long = load_hotpotqa(str(path), length=400, tokenizer=tok, n=1)[0]
+    assert short["n_docs"] < long["n_docs"]
+    assert long["n_tokens"] == len(tok.encode(long["context"]))
+    assert abs(long["n_tokens"] - 400) <= 20  # whole documents of ~15 tokens
+
+
+def test_load_hotpotqa_errors(tok, tmp_path):
+    path = tmp_path / "hotpot.json"
+    write_hotpotqa(path, n_questions=3)
+    with pytest.raises(ValueError, match="not both"):
+        load_hotpotqa(str(path), n_docs=5, length=100, tokenizer=tok)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        load_hotpotqa(str(path), length=1000)
+    with pytest.raises(ValueError, match="only has"):
+        load_hotpotqa(str(path), n_docs=100)
+    with pytest.raises(FileNotFoundError):
+        load_hotpotqa(str(tmp_path / "nope.json"), n_docs=5)
+    path.write_text(json.dumps([{"question": "q", "context": []}]))
+    with pytest.raises(ValueError, match="question 0 lacks answer"):
+        load_hotpotqa(str(path), n_docs=5)
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+def test_cli_in_process(tok, tmp_path, capsys):
+    out = tmp_path / "data.jsonl"
+    assert tasks.main(["--task", "niah_multikey", "--length", "2k", "--n", "3", "--seed", "4",
+                       "--out", str(out), "--tokenizer", tok.path]) == 0
+    samples = load_jsonl(out)
+    assert samples == make_samples("niah_multikey", 2000, n=3, seed=4, tokenizer=tok)
+    assert "wrote 3 niah_multikey samples" in capsys.readouterr().out
+    for argv, message in [
+        (["--task", "nope", "--length", "1k"], "unknown task 'nope'"),
+        (["--task", "vt", "--length", "lots"], "cannot read length 'lots'"),
+        (["--task", "vt"], "give --length"),
+        (["--task", "vt", "--length", "1k", "--n", "0"], "--n must be positive"),
+        (["--task", "vt", "--docs", "5"], "--docs only applies"),
+        (["--task", "hotpotqa", "--docs", "5"], "needs --hotpotqa"),
+        (["--task", "vt", "--length", "5"], "too small"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            tasks.main(argv + ["--out", str(out), "--tokenizer", tok.path])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_cli_module_with_hotpotqa(tok, tmp_path):
+    src = tmp_path / "hotpot.json"
+    write_hotpotqa(src)
+    out = tmp_path / "hq.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "memagent.tasks", "--task", "hotpotqa", "--hotpotqa", str(src),
+         "--docs", "5", "--n", "2", "--out", str(out), "--tokenizer", tok.path],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert [s["n_docs"] for s in load_jsonl(out)] == [5, 5]
