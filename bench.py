@@ -3,6 +3,9 @@ Measured speed of the sampling engine (and, later, of the agent).
 
   python bench.py                                  # tiny model, CPU-friendly sizes
   python bench.py --model qwen-ish-0.5b --batch 16 --prompt-len 7000 --new-tokens 256   # on a GPU
+  python bench.py --agent                          # the agent on documents of 1x, 4x, 16x, 64x length
+  python bench.py --agent --model qwen-ish-0.5b --batch 16 --chunk-tokens 5000 --memory-tokens 1024 \
+      --answer-tokens 1024 --base-length 20000     # the paper's geometry, on a GPU
 
 Prints prefill tokens/s, decode tokens/s (all rows together) and ms per decode step, peak memory,
 and for CUDA the decode bandwidth bound of ../shared/design.md section 6 so the figure can be read
@@ -16,7 +19,7 @@ import time
 
 import torch
 
-from model import Qwen2, config_from_preset
+from model import PRESETS, Qwen2, config_from_preset
 from rollout import generate
 
 
@@ -64,17 +67,88 @@ def decode_bound_tok_s(model, batch, ctx, bandwidth_bytes_s):
     return batch / step_s
 
 
+def bench_agent_one(args):
+    """One document length in this process: time run_agent on --batch samples, print one JSON line."""
+    from memagent.tasks import make_sample
+    from memagent.tokenizer import get_tokenizer
+    from rollout import AgentConfig, run_agent
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tok = get_tokenizer(args.tokenizer_dir)
+    vocab = None if "vocab_size" in PRESETS[args.model] else tok.vocab_size
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2(config_from_preset(args.model, vocab_size=vocab)).to(dtype).eval()
+    length = args.base_length * args.agent_one
+    samples = [make_sample(args.task, length, seed, tok) for seed in range(args.batch[0])]
+    cfg = AgentConfig(chunk_tokens=args.chunk_tokens, memory_tokens=args.memory_tokens,
+                      answer_tokens=args.answer_tokens, compact_prompts=args.model in ("tiny", "small"))
+    warmup = [dict(s, context=tok.decode(tok.encode(s["context"])[:args.chunk_tokens])) for s in samples]
+    run_agent(model, tok, warmup, cfg, seed=0)  # one chunk each: warms up kernels and allocator
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device); t0 = time.perf_counter()
+    rollouts = run_agent(model, tok, samples, cfg, seed=0)
+    sync(device); seconds = time.perf_counter() - t0
+    context_tokens = sum(len(tok.encode(s["context"])) for s in samples)
+    turns = max(len(r.conversations) for r in rollouts)
+    generated = sum(len(c.response_ids) for r in rollouts for c in r.conversations)
+    print(json.dumps(dict(multiple=args.agent_one, context_tokens=context_tokens, turns=turns,
+                          seconds=seconds, context_tok_s=context_tokens / seconds,
+                          us_per_context_token=1e6 * seconds / context_tokens,
+                          generated_tok_s=generated / seconds, peak_mem_mb=peak_memory_mb(device))))
+
+
+def bench_agent(args):
+    """Each length in a fresh process, so peak memory is that length's own."""
+    import subprocess
+    import sys
+
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"# agent: {args.model}, {args.batch[0]} documents of {args.task}, chunk {args.chunk_tokens} / memory "
+          f"{args.memory_tokens} / answer {args.answer_tokens} tokens, on {name}")
+    print(f"{'x':>4} {'context tok':>12} {'turns':>5} {'seconds':>8} {'context tok/s':>13} "
+          f"{'us/token':>9} {'vs 1x':>6} {'peak MB':>8}")
+    base = None
+    for m in args.multiples:
+        cmd = [sys.executable, __file__, "--agent-one", str(m)] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"bench: the {m}x run failed:\n{out.stderr[-2000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        base = base or r["us_per_context_token"]
+        print(f"{m:4d} {r['context_tokens']:12d} {r['turns']:5d} {r['seconds']:8.1f} {r['context_tok_s']:13.0f} "
+              f"{r['us_per_context_token']:9.1f} {r['us_per_context_token'] / base:6.2f} {r['peak_mem_mb']:8.0f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="model preset (model.PRESETS)")
     p.add_argument("--vocab-size", type=int, default=None, help="default: the preset's (2048 for tiny/small)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="batch sizes (default 1 8); agent mode: documents read together (default 4)")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bandwidth", type=float, default=3.35e12, help="bytes/s for the CUDA bound (H100 SXM)")
     p.add_argument("--json", action="store_true", help="print one JSON object per measurement")
+    agent = p.add_argument_group("agent mode: cost of reading documents of growing length")
+    agent.add_argument("--agent", action="store_true", help="benchmark run_agent instead of generate")
+    agent.add_argument("--task", default="niah_multikey")
+    agent.add_argument("--base-length", type=int, default=2048, help="context tokens of the 1x document")
+    agent.add_argument("--multiples", type=int, nargs="+", default=[1, 4, 16, 64])
+    agent.add_argument("--chunk-tokens", type=int, default=512)
+    agent.add_argument("--memory-tokens", type=int, default=128)
+    agent.add_argument("--answer-tokens", type=int, default=32)
+    agent.add_argument("--tokenizer-dir", default="out/tokenizer")
+    agent.add_argument("--agent-one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.batch = args.batch or ([4] if (args.agent or args.agent_one) else [1, 8])
+    if args.agent_one is not None:
+        return bench_agent_one(args)
+    if args.agent:
+        return bench_agent(args)
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

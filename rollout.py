@@ -21,6 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from memagent.prompts import final_prompt, initial_memory, memory_prompt
+from memagent.reward import compute_reward
+from memagent.tokenizer import chat_prompt
+
 # -----------------------------------------------------------------------------
 # The sampling engine
 
@@ -135,3 +139,187 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     out_tokens, out_logprobs = out_tokens.tolist(), out_logprobs.tolist()
     return [Generation(tokens=out_tokens[b][:n_generated[b]], logprobs=out_logprobs[b][:n_generated[b]],
                        stop_reason="stop" if stopped[b] else "length") for b in range(B)]
+
+
+# -----------------------------------------------------------------------------
+# The overwrite-memory agent (../shared/design.md section 1)
+#
+#   memory = initial memory
+#   for chunk k of the document:   memory = reply to memory_prompt(problem, memory, chunk k)
+#   answer = reply to final_prompt(problem, memory)
+#
+# Every prompt is built from token ids, not re-tokenized text: the problem and the document are
+# encoded once, each chunk is a slice of exactly `chunk_tokens` document ids, and the memory placed
+# in the next prompt is the previous reply's ids (its stop token dropped). So a prompt is never
+# longer than template + problem + memory_tokens + chunk_tokens, and what the trainer scores later is
+# exactly what the model saw.
+
+
+@dataclass
+class AgentConfig:
+    chunk_tokens: int = 256  # document tokens shown per memory turn
+    memory_tokens: int = 64  # budget of a memory reply (a longer one is cut there: "truncated")
+    answer_tokens: int = 32  # budget of the final reply
+    compact_prompts: bool = True  # memagent.prompts' compact variant (tiny/small models)
+    temperature: float = 1.0  # 1.0 for training; 0 (greedy) for evaluation
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class Conversation:
+    """One prompt -> response exchange of a rollout: the unit `dapo.py` puts a loss on."""
+    rollout: int  # index of its rollout in the list run_agent returns
+    sample: int  # index of the sample (= the GRPO group) it belongs to
+    turn: int  # 0..K-1 memory turns, K the final answer
+    is_final: bool
+    prompt_ids: list
+    response_ids: list  # the sampled tokens, stop token included when the reply stopped
+    logprobs: list  # log p of each response token under the sampling policy (temperature-1 logits)
+    truncated: bool  # the reply hit its budget without a stop token
+
+
+@dataclass
+class Rollout:
+    sample: int  # index into the samples given to run_agent
+    member: int  # 0..group_size-1 within its group
+    conversations: list  # K memory conversations, then the final one
+    memories: list  # memory text after every turn: the trace a student reads
+    answer: str  # text of the final reply (stop token dropped)
+    reward: float
+
+
+def encode_prompt(tokenizer, user_text, fields):
+    """Ids of the chat prompt for user_text, with each placeholder in `fields` replaced by ids.
+
+    fields maps a placeholder string appearing in user_text to the token ids to splice in, e.g.
+    {"@@CHUNK@@": chunk_ids}. The text around the placeholders is encoded piece by piece.
+    """
+    text = chat_prompt(user_text)
+    ids, rest = [], text
+    while rest:
+        hits = [(rest.find(name), name) for name in fields if name in rest]
+        if not hits:
+            ids += tokenizer.encode(rest)
+            break
+        at, name = min(hits)
+        ids += tokenizer.encode(rest[:at]) + list(fields[name])
+        rest = rest[at + len(name):]
+    return ids
+
+
+PROBLEM, MEMORY, CHUNK = "\x00problem\x00", "\x00memory\x00", "\x00chunk\x00"  # never in real text
+
+
+def memory_turn_ids(tokenizer, problem_ids, memory_ids, chunk_ids, compact):
+    user = memory_prompt(PROBLEM, MEMORY, CHUNK, compact=compact)
+    return encode_prompt(tokenizer, user, {PROBLEM: problem_ids, MEMORY: memory_ids, CHUNK: chunk_ids})
+
+
+def final_turn_ids(tokenizer, problem_ids, memory_ids, compact):
+    user = final_prompt(PROBLEM, MEMORY, compact=compact)
+    return encode_prompt(tokenizer, user, {PROBLEM: problem_ids, MEMORY: memory_ids})
+
+
+def chunk_ids(context_ids, chunk_tokens):
+    """Cut the document into consecutive chunks of exactly chunk_tokens ids (the last may be shorter).
+
+    >>> chunk_ids(list(range(7)), 3)
+    [[0, 1, 2], [3, 4, 5], [6]]
+    """
+    return [context_ids[i:i + chunk_tokens] for i in range(0, len(context_ids), chunk_tokens)]
+
+
+def check_window(tokenizer, problem_lengths, cfg, max_positions):
+    """Raise a clear error if the longest conversation cannot fit the model's positions.
+
+    The longest memory turn is template + problem + memory_tokens + chunk_tokens, plus its reply
+    (memory_tokens); the final turn is template + problem + memory_tokens + answer_tokens.
+    """
+    template = len(memory_turn_ids(tokenizer, [], [], [], cfg.compact_prompts))
+    final_template = len(final_turn_ids(tokenizer, [], [], cfg.compact_prompts))
+    problem = max(problem_lengths)
+    memory_turn = template + problem + cfg.memory_tokens + cfg.chunk_tokens + cfg.memory_tokens
+    final_turn = final_template + problem + cfg.memory_tokens + cfg.answer_tokens
+    if max(memory_turn, final_turn) > max_positions:
+        raise ValueError(
+            f"window too small: template {template} + problem {problem} + memory {cfg.memory_tokens} "
+            f"+ chunk {cfg.chunk_tokens} + reply {cfg.memory_tokens} = {memory_turn} tokens "
+            f"(final turn: {final_turn}) > the model's {max_positions} positions; lower "
+            f"--chunk-tokens or --memory-tokens, or use a model with more positions")
+    return max(memory_turn, final_turn)
+
+
+def model_policy(model, generator):
+    """The default policy: `generate` on a model. A policy maps (prompts, budgets, cfg) to Generations;
+    tests swap in a scripted one."""
+    def policy(prompts, budgets, stop_ids, cfg):
+        return generate(model, prompts, max_new_tokens=budgets, temperature=cfg.temperature,
+                        top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=stop_ids, generator=generator,
+                        pad_id=getattr(model, "pad_id", 0))
+    return policy
+
+
+def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None, max_positions=None,
+              on_turn=None):
+    """Run the memory agent on samples (dicts with question, context, answers, task) in one batch.
+
+    Every sample is rolled out group_size times (independent samples of the same prompt). At turn
+    k all rollouts still reading go through ONE batched `generate` call: those with a chunk k do a
+    memory turn, those whose document just ended do their final turn in the same call and leave.
+    Returns a list of Rollout, samples in order, each sample's group members consecutive.
+    on_turn(turn, rollouts) is called after every turn (infer.py prints the memory trace with it).
+    """
+    if policy is None:
+        generator = torch.Generator(device=model.lm_head.weight.device)
+        generator.manual_seed(seed)
+        policy = model_policy(model, generator)
+    if max_positions is None:
+        max_positions = model.config.max_position_embeddings
+    stop_ids = list(tokenizer.stop_ids)
+    problems = [tokenizer.encode(s["question"]) for s in samples]
+    documents = [chunk_ids(tokenizer.encode(s["context"]), cfg.chunk_tokens) for s in samples]
+    check_window(tokenizer, [len(p) for p in problems], cfg, max_positions)
+    initial = tokenizer.encode(initial_memory(cfg.compact_prompts))
+
+    rollouts, memory_ids = [], []
+    for i, sample in enumerate(samples):
+        for m in range(group_size):
+            rollouts.append(Rollout(sample=i, member=m, conversations=[], memories=[], answer="", reward=0.0))
+            memory_ids.append(initial)
+    active = list(range(len(rollouts)))
+    turn = 0
+    while active:
+        prompts, budgets = [], []
+        for r in active:
+            s = rollouts[r].sample
+            if turn < len(documents[s]):
+                prompts.append(memory_turn_ids(tokenizer, problems[s], memory_ids[r], documents[s][turn],
+                                               cfg.compact_prompts))
+                budgets.append(cfg.memory_tokens)
+            else:
+                prompts.append(final_turn_ids(tokenizer, problems[s], memory_ids[r], cfg.compact_prompts))
+                budgets.append(cfg.answer_tokens)
+        generations = policy(prompts, budgets, stop_ids, cfg)
+        still_reading = []
+        for r, prompt, gen in zip(active, prompts, generations):
+            rollout, s = rollouts[r], rollouts[r].sample
+            is_final = turn == len(documents[s])
+            reply = gen.tokens[:-1] if gen.stop_reason == "stop" else gen.tokens
+            rollout.conversations.append(Conversation(
+                rollout=r, sample=s, turn=turn, is_final=is_final, prompt_ids=prompt,
+                response_ids=list(gen.tokens), logprobs=list(gen.logprobs),
+                truncated=gen.stop_reason == "length"))
+            if is_final:
+                rollout.answer = tokenizer.decode(reply)
+                answers = samples[s].get("answers")  # a user's own document may come without any
+                rollout.reward = compute_reward(samples[s]["task"], rollout.answer, answers) if answers else 0.0
+            else:
+                memory_ids[r] = reply  # overwrite: the old memory is gone
+                rollout.memories.append(tokenizer.decode(reply))
+                still_reading.append(r)
+        if on_turn is not None:
+            on_turn(turn, rollouts)
+        active = still_reading
+        turn += 1
+    return rollouts

@@ -1,0 +1,211 @@
+"""The overwrite-memory agent (rollout.run_agent).
+
+A character-level tokenizer and a scripted policy stand in for the learned ones, so every memory
+the agent should hold can be worked out independently from the document: the oracle below reads
+the chunks itself and applies overwrite semantics. The real `tiny` model then checks that the
+records' log-probs are those of a fresh forward over prompt + response.
+"""
+
+import re
+
+import pytest
+import torch
+
+from memagent.reward import extract_boxed
+from model import ModelConfig, Qwen2
+from rollout import AgentConfig, Generation, chunk_ids, run_agent
+
+
+class CharTokenizer:
+    """One id per character (code point < 256), chat specials as single ids 256..258."""
+    specials = ["<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+    def __init__(self):
+        self.vocab_size = 259
+        self.im_start_id, self.im_end_id, self.pad_id = 256, 257, 258
+        self.stop_ids = [self.im_end_id]
+
+    def encode(self, text):
+        ids = []
+        for piece in re.split("(<\\|im_start\\|>|<\\|im_end\\|>|<\\|pad\\|>)", text):
+            if piece in self.specials:
+                ids.append(256 + self.specials.index(piece))
+            else:
+                ids += [ord(c) for c in piece]
+        assert all(i < 259 for i in ids)
+        return ids
+
+    def decode(self, ids):
+        return "".join(self.specials[i - 256] if i >= 256 else chr(i) for i in ids)
+
+
+TOK = CharTokenizer()
+NEEDLE = re.compile(r"The code of (\w+) is (\d+)\.")
+MEMORY_CAP = 3  # the scripted policy keeps only the 3 most recent facts
+
+
+def field(prompt, start, end):
+    return prompt.split(start, 1)[1].split(end, 1)[0]
+
+
+def scripted_policy(log):
+    """Memory turn: keep the old memory's facts plus the chunk's facts, the newest MEMORY_CAP of
+    them. Final turn: box the code of the asked name if the memory has it."""
+    def policy(prompts, budgets, stop_ids, cfg):
+        out = []
+        for ids, budget in zip(prompts, budgets):
+            text = TOK.decode(ids)
+            log.append(text)
+            question = field(text, "Question:\n", "\nMemory:")
+            memory = field(text, "Memory:\n", "\n")
+            if "\nText:\n" in text:
+                chunk = field(text, "Text:\n", "\nNew memory:")
+                facts = [f"{k}={v}" for k, v in re.findall(r"(\w+)=(\d+)", memory)]
+                facts += [f"{k}={v}" for k, v in NEEDLE.findall(chunk)]
+                reply = " ".join(facts[-MEMORY_CAP:]) or "None."
+            else:
+                name = question.split()[-1].rstrip("?")
+                found = dict(re.findall(r"(\w+)=(\d+)", memory))
+                reply = f"\\boxed{{{found.get(name, 'unknown')}}}"
+            tokens = TOK.encode(reply)[:budget]
+            stopped = len(tokens) < budget
+            tokens = tokens + [TOK.im_end_id] if stopped else tokens
+            out.append(Generation(tokens=tokens, logprobs=[-1.0] * len(tokens),
+                                  stop_reason="stop" if stopped else "length"))
+        return out
+    return policy
+
+
+def make_doc(n_chunks, chunk_tokens, needles):
+    """A document of exactly n_chunks * chunk_tokens characters, with needle i inside chunk
+    needles[i][0]; each chunk starts with its own tag (#007#) and is filled with 'x' runs, so no
+    fact can appear by accident and no two chunks are alike."""
+    chunks = []
+    for c in range(n_chunks):
+        facts = f"#{c:03d}#" + "".join(f" The code of {k} is {v}." for cc, k, v in needles if cc == c)
+        chunks.append(facts + "x" * (chunk_tokens - len(facts)))
+    return "".join(chunks)
+
+
+def oracle_memories(context, chunk_tokens):
+    """Overwrite semantics worked out independently: memory after chunk k holds the newest
+    MEMORY_CAP facts among chunks 0..k (the policy can only remember through its memory)."""
+    memories, facts = [], []
+    for start in range(0, len(context), chunk_tokens):
+        facts = facts + [f"{k}={v}" for k, v in NEEDLE.findall(context[start:start + chunk_tokens])]
+        facts = facts[-MEMORY_CAP:]
+        memories.append(" ".join(facts) or "None.")
+    return memories
+
+
+CFG = AgentConfig(chunk_tokens=60, memory_tokens=40, answer_tokens=12, compact_prompts=True)
+
+
+def samples_of_lengths(chunk_counts):
+    samples = []
+    for i, n in enumerate(chunk_counts):
+        asked = f"k{i}a"
+        needles = [(n // 2, asked, str(1000 + i)), (n - 1, f"k{i}b", str(2000 + i))]
+        samples.append(dict(question=f"What is the code of {asked}?", task="niah_single_noise",
+                            context=make_doc(n, CFG.chunk_tokens, needles), answers=[str(1000 + i)]))
+    return samples
+
+
+@pytest.mark.parametrize("n_chunks", [1, 4, 33])
+def test_memory_follows_overwrite_semantics_and_answer_is_right(n_chunks):
+    log = []
+    samples = samples_of_lengths([n_chunks])
+    rollouts = run_agent(None, TOK, samples, CFG, policy=scripted_policy(log), max_positions=512)
+    (r,) = rollouts
+    assert r.memories == oracle_memories(samples[0]["context"], CFG.chunk_tokens)
+    assert extract_boxed(r.answer) == "1000" and r.reward == 1.0
+    assert len(r.conversations) == n_chunks + 1
+    assert [c.turn for c in r.conversations] == list(range(n_chunks + 1))
+    assert [c.is_final for c in r.conversations] == [False] * n_chunks + [True]
+
+
+def test_prompts_hold_only_the_current_chunk_and_previous_memory():
+    log = []
+    samples = samples_of_lengths([5])
+    (r,) = run_agent(None, TOK, samples, CFG, policy=scripted_policy(log), max_positions=512)
+    context = samples[0]["context"]
+    chunks = [context[i:i + CFG.chunk_tokens] for i in range(0, len(context), CFG.chunk_tokens)]
+    previous = ["None."] + r.memories  # the compact initial memory, then each turn's reply
+    for k, conv in enumerate(r.conversations):
+        text = TOK.decode(conv.prompt_ids)
+        assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert field(text, "Question:\n", "\nMemory:") == samples[0]["question"]
+        assert field(text, "Memory:\n", "\n") == previous[k]
+        if k < len(chunks):
+            assert field(text, "Text:\n", "\nNew memory:") == chunks[k]
+            assert all(chunks[j] not in text for j in range(len(chunks)) if j != k)
+        else:
+            assert "Text:" not in text and not any(c in text for c in chunks)
+
+
+def test_mixed_lengths_batch_each_sample_gets_its_own_chunks():
+    log = []
+    counts = [2, 7, 1, 4]
+    samples = samples_of_lengths(counts)
+    rollouts = run_agent(None, TOK, samples, CFG, group_size=3, policy=scripted_policy(log), max_positions=512)
+    assert len(rollouts) == 12 and [r.sample for r in rollouts] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    for r in rollouts:
+        s = samples[r.sample]
+        assert len(r.conversations) == counts[r.sample] + 1
+        assert r.memories == oracle_memories(s["context"], CFG.chunk_tokens)
+        assert r.reward == 1.0
+        for conv in r.conversations:
+            assert conv.rollout == rollouts.index(r) and conv.sample == r.sample
+            budget = CFG.answer_tokens if conv.is_final else CFG.memory_tokens
+            assert len(conv.prompt_ids) + budget <= 512
+    # one policy call per turn for the whole batch: 7 chunks + 1 final turn of the longest sample
+    assert len(log) == sum((c + 1) * 3 for c in counts)
+
+
+def test_truncated_memory_is_cut_at_budget_and_marked():
+    log = []
+    cfg = AgentConfig(chunk_tokens=60, memory_tokens=8, answer_tokens=12, compact_prompts=True)
+    samples = samples_of_lengths([3])
+    (r,) = run_agent(None, TOK, samples, cfg, policy=scripted_policy(log), max_positions=512)
+    for conv, memory in zip(r.conversations, r.memories):
+        full = oracle_memories(samples[0]["context"], 60)[conv.turn]
+        assert conv.truncated == (len(full) >= 8)
+        assert memory == full[:8] if conv.truncated else full
+        assert len(conv.response_ids) <= 8
+
+
+def test_window_check_names_the_numbers():
+    samples = samples_of_lengths([2])
+    with pytest.raises(ValueError, match=r"window too small: .*memory 40 \+ chunk 60 .*> the model's 100 positions"):
+        run_agent(None, TOK, samples, CFG, policy=scripted_policy([]), max_positions=100)
+
+
+def test_chunking_is_exact():
+    ids = list(range(10))
+    assert chunk_ids(ids, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert chunk_ids(ids, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert chunk_ids([], 5) == []
+
+
+def test_real_tiny_model_logprobs_match_a_fresh_forward():
+    torch.manual_seed(0)
+    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                              max_position_embeddings=512)).eval()
+    cfg = AgentConfig(chunk_tokens=60, memory_tokens=10, answer_tokens=6, temperature=1.0)
+    samples = samples_of_lengths([3, 1])
+    rollouts = run_agent(model, TOK, samples, cfg, group_size=2, seed=0)
+    assert [len(r.conversations) for r in rollouts] == [4, 4, 2, 2]
+    assert rollouts[0].memories != rollouts[1].memories  # group members sample independently
+    for r in rollouts:
+        for conv in r.conversations:
+            full = torch.tensor([conv.prompt_ids + conv.response_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(full)[0], dim=-1)
+            n = len(conv.prompt_ids)
+            expected = [logp[n - 1 + i, t].item() for i, t in enumerate(conv.response_ids)]
+            assert conv.logprobs == pytest.approx(expected, abs=1e-4)
+            if conv.turn > 0:  # the memory in this prompt is exactly the previous reply's ids
+                prev = r.conversations[conv.turn - 1]
+                reply = prev.response_ids[:-1] if not prev.truncated else prev.response_ids
+                assert TOK.decode(conv.prompt_ids).count(TOK.decode(reply)) >= 1
