@@ -209,3 +209,31 @@ def test_real_tiny_model_logprobs_match_a_fresh_forward():
                 prev = r.conversations[conv.turn - 1]
                 reply = prev.response_ids[:-1] if not prev.truncated else prev.response_ids
                 assert TOK.decode(conv.prompt_ids).count(TOK.decode(reply)) >= 1
+
+
+def test_real_tokenizer_and_task_each_sample_reads_exactly_its_document(tmp_path):
+    from memagent.tasks import make_sample
+    from memagent.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(str(tmp_path / "tok"))
+    samples = [make_sample("niah_multikey", n, seed, tok) for seed, n in ((0, 900), (1, 300))]
+    torch.manual_seed(0)
+    model = Qwen2(ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                              max_position_embeddings=1024)).eval()
+    cfg = AgentConfig(chunk_tokens=256, memory_tokens=16, answer_tokens=8, compact_prompts=True)
+    rollouts = run_agent(model, tok, samples, cfg, group_size=2, seed=1)
+    for r in rollouts:
+        doc = tok.encode(samples[r.sample]["context"])
+        n_chunks = -(-len(doc) // 256)
+        assert len(r.conversations) == n_chunks + 1
+        seen = []
+        for conv in r.conversations[:-1]:  # each prompt holds its chunk's ids, contiguous
+            chunk = doc[conv.turn * 256:(conv.turn + 1) * 256]
+            p = conv.prompt_ids
+            assert any(p[i:i + len(chunk)] == chunk for i in range(len(p) - len(chunk) + 1))
+            seen += chunk
+            assert len(p) + cfg.memory_tokens <= 1024
+        assert seen == doc  # together the chunks are exactly the document, nothing more
+        final = tok.decode(r.conversations[-1].prompt_ids)
+        assert samples[r.sample]["question"] in final and "Text:" not in final
