@@ -1,0 +1,211 @@
+"""
+Run a trained MemAgent on a document and watch its memory, chunk by chunk.
+
+  python infer.py --ckpt out/train/rl --file doc.txt --question "Who founded the company?"
+  python infer.py --ckpt out/train/rl --task niah_multikey --length 128k --seed 3
+  python infer.py --ckpt out/train/rl --task niah_multikey --eval --lengths 1k 4k 16k 64k 256k 1M
+
+The agent reads the document in chunks of `chunk_tokens`; after each chunk it rewrites its memory
+(at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the
+memory after every turn shows what the policy chose to keep. `--eval` measures accuracy, tokens/s
+and peak memory over document lengths: the extrapolation table. The agent geometry (chunk, memory
+and answer budgets, prompt variant) comes from the checkpoint's training config unless overridden.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from memagent.reward import score_answer
+from memagent.tasks import TASKS, make_sample, parse_length
+from memagent.tokenizer import Tokenizer
+from model import load_checkpoint
+from rollout import AgentConfig, run_agent
+
+
+def fail(message):
+    """One clear line on stderr and a non-zero exit: how every bad input ends."""
+    print(f"infer.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_agent(ckpt, device, dtype):
+    """(model, tokenizer, training config dict) from one of our checkpoint directories."""
+    try:
+        model, meta = load_checkpoint(ckpt, dtype=dtype, device=device)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        fail(f"cannot load checkpoint {ckpt!r}: {e}")
+    if meta.get("tokenizer_file") is None:
+        fail(f"checkpoint {ckpt!r} holds no tokenizer model (*.model)")
+    tokenizer = Tokenizer.load(meta["tokenizer_file"])
+    if tokenizer.vocab_size > model.config.vocab_size:
+        fail(f"checkpoint {ckpt!r}: its tokenizer has {tokenizer.vocab_size} ids but the model only "
+             f"{model.config.vocab_size}: they do not belong together")
+    return model.eval(), tokenizer, meta.get("config", {})
+
+
+def read_document(path):
+    if not os.path.exists(path):
+        fail(f"no such file: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        fail(f"{path} is not UTF-8 text (invalid byte at offset {e.start})")
+    if not text.strip():
+        fail(f"{path} is empty: there is nothing to read")
+    return text
+
+
+def agent_config(args, train_cfg):
+    """Agent geometry: flags first, then the checkpoint's training config, then defaults."""
+    def pick(name, default):
+        value = getattr(args, name)
+        return value if value is not None else train_cfg.get(name, default)
+    prompts = train_cfg.get("prompts", "compact")
+    return AgentConfig(chunk_tokens=pick("chunk_tokens", 256), memory_tokens=pick("memory_tokens", 64),
+                       answer_tokens=pick("answer_tokens", 32), compact_prompts=prompts != "full",
+                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+
+
+def run_one(model, tokenizer, sample, cfg, args):
+    """Read one document, printing the memory after each turn unless --json; return a result dict."""
+    n_chunks = -(-len(tokenizer.encode(sample["context"])) // cfg.chunk_tokens)
+
+    def show(turn, rollouts):
+        if args.json or args.quiet:
+            return
+        r = rollouts[0]
+        if turn < n_chunks:
+            print(f"--- memory after chunk {turn + 1}/{n_chunks} ---\n{r.memories[-1]}", flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        (rollout,) = run_agent(model, tokenizer, [sample], cfg, seed=args.seed, on_turn=show)
+    except ValueError as e:  # the window check: e.g. a question too long for the window
+        fail(str(e))
+    seconds = time.perf_counter() - t0
+    result = dict(question=sample["question"], answer=rollout.answer, memories=rollout.memories,
+                  chunks=n_chunks, seconds=round(seconds, 3))
+    if sample.get("answers"):
+        result.update(references=sample["answers"], reward=rollout.reward,
+                      **score_answer(rollout.answer, sample["answers"]))
+    return result
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate(model, tokenizer, cfg, args):
+    """Accuracy, tokens/s and peak memory per document length, greedy, on held-out seeds."""
+    device = model.lm_head.weight.device
+    rows = []
+    for length_text in args.lengths:
+        length = parse_length_or_fail(length_text)
+        samples = [make_sample(args.task, length, args.seed + i, tokenizer) for i in range(args.n)]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        rewards = []
+        for start in range(0, len(samples), args.batch):  # documents of one length read together
+            batch = samples[start:start + args.batch]
+            rewards += [r.reward for r in run_agent(model, tokenizer, batch, cfg, seed=args.seed)]
+            if not args.json:
+                print(f"\r{length_text}: {len(rewards)}/{len(samples)} documents", end="", file=sys.stderr)
+        seconds = time.perf_counter() - t0
+        tokens = sum(s["n_tokens"] for s in samples)
+        rows.append(dict(length=length, accuracy=100 * sum(rewards) / len(rewards), n=len(samples),
+                         context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device)))
+        if not args.json:
+            print(file=sys.stderr)
+    return rows
+
+
+def parse_length_or_fail(text):
+    try:
+        return parse_length(text)
+    except ValueError as e:
+        fail(f"cannot parse length {text!r}: {e}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (or name under ./checkpoints/)")
+    src = p.add_argument_group("the document")
+    src.add_argument("--file", help="a UTF-8 text file to read")
+    src.add_argument("--question", help="the question to answer about --file")
+    src.add_argument("--task", help=f"a generated sample instead: one of {', '.join(TASKS)}")
+    src.add_argument("--length", default="4k", help="context length of the generated sample, e.g. 128k or 1M")
+    src.add_argument("--seed", type=int, default=1_000_000, help="sample seed (held out from training)")
+    ev = p.add_argument_group("evaluation table (--eval)")
+    ev.add_argument("--eval", action="store_true", help="accuracy / speed / memory over --lengths")
+    ev.add_argument("--lengths", nargs="+", default=["1k", "4k", "16k", "64k"])
+    ev.add_argument("--n", type=int, default=16, help="documents per length")
+    ev.add_argument("--batch", type=int, default=8, help="documents read together")
+    g = p.add_argument_group("agent and sampling (default: the checkpoint's geometry, greedy)")
+    g.add_argument("--chunk-tokens", type=int)
+    g.add_argument("--memory-tokens", type=int)
+    g.add_argument("--answer-tokens", type=int)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--quiet", action="store_true", help="do not print the memory trace")
+    args = p.parse_args(argv)
+
+    if args.task is not None and args.task not in TASKS:
+        fail(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
+    if args.eval and args.task is None:
+        fail("--eval needs --task (the generated task to measure)")
+    if not args.eval and (args.file is None) == (args.task is None):
+        fail("give either --file with --question, or --task")
+    if args.file is not None and not args.question:
+        fail("--file needs --question")
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, tokenizer, train_cfg = load_agent(args.ckpt, device, dtype)
+    cfg = agent_config(args, train_cfg)
+
+    if args.eval:
+        rows = evaluate(model, tokenizer, cfg, args)
+        if args.json:
+            print(json.dumps(rows))
+            return
+        print(f"{'length':>8} {'accuracy %':>10} {'n':>4} {'context tok/s':>13} {'seconds':>8} {'peak MB':>8}")
+        for r in rows:
+            print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['n']:4d} {r['context_tok_s']:13.0f} "
+                  f"{r['seconds']:8.1f} {r['peak_mem_mb']:8.0f}")
+        return
+
+    if args.file is not None:
+        sample = dict(question=args.question, context=read_document(args.file), answers=[], task="")
+    else:
+        try:
+            sample = make_sample(args.task, parse_length_or_fail(args.length), args.seed, tokenizer)
+        except ValueError as e:
+            fail(str(e))
+    result = run_one(model, tokenizer, sample, cfg, args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"--- answer ---\n{result['answer']}")
+    if "reward" in result:
+        print(f"reference: {', '.join(result['references'])}   reward: {result['reward']:.2f}")
+    print(f"({result['chunks']} chunks in {result['seconds']:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""infer.py: the trace of a run, and one clear error line with a non-zero exit for each bad input."""
+
+import json
+
+import pytest
+import torch
+
+import infer
+from memagent.tokenizer import get_tokenizer
+from model import Qwen2, config_from_preset, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    tok = get_tokenizer(str(root / "tok"))
+    torch.manual_seed(0)
+    model = Qwen2(config_from_preset("tiny", vocab_size=tok.vocab_size))
+    geometry = {"chunk_tokens": 64, "memory_tokens": 8, "answer_tokens": 6, "prompts": "compact"}
+    return save_checkpoint(model, str(root / "ckpt"), tokenizer_file=tok.path, meta={"config": geometry})
+
+
+def run(argv, capsys):
+    code = 0
+    try:
+        infer.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_file_run_prints_memory_after_every_chunk(ckpt, tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Ann founded Zentek in Belhaven. " * 30)  # ~200 tokens: several 64-token chunks
+    code, out, _ = run(["--ckpt", ckpt, "--file", str(doc), "--question", "Who founded Zentek?"], capsys)
+    assert code == 0
+    n = out.count("--- memory after chunk")
+    assert n >= 3 and f"memory after chunk {n}/{n} ---" in out and "--- answer ---" in out
+
+
+def test_json_output_of_a_generated_sample(ckpt, capsys):
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--length", "300", "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and len(result["memories"]) == result["chunks"] and result["reward"] in (0.0, 1.0)
+    assert result["references"] and "em" in result
+
+
+def test_eval_table(ckpt, capsys):
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "200", "400",
+                        "--n", "2", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["length"] for r in rows] == [200, 400] and all(r["n"] == 2 for r in rows)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: ["--file", str(d / "missing.txt"), "--question", "q"], "no such file"),
+    (lambda d: ["--file", str(d.joinpath("bin.txt")), "--question", "q"], "is not UTF-8"),
+    (lambda d: ["--file", str(d.joinpath("empty.txt")), "--question", "q"], "is empty"),
+    (lambda d: ["--file", str(d.joinpath("ok.txt")), "--question", "why " * 3000], "window too small"),
+    (lambda d: ["--task", "vt", "--length", "12q"], "cannot parse length '12q'"),
+    (lambda d: ["--task", "nope"], "unknown task 'nope'"),
+    (lambda d: ["--file", str(d.joinpath("ok.txt"))], "--file needs --question"),
+])
+def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "ok.txt").write_text("some text")
+    code, _, err = run(["--ckpt", ckpt] + make(tmp_path), capsys)
+    assert code == 2 and message in err
+    assert err.startswith("infer.py: error:") and "Traceback" not in err
+
+
+def test_checkpoint_errors(ckpt, tmp_path, capsys):
+    code, _, err = run(["--ckpt", str(tmp_path / "none"), "--task", "vt"], capsys)
+    assert code == 2 and "cannot load checkpoint" in err
+    # a tokenizer with more ids than the model's vocabulary does not belong to it
+    tok = get_tokenizer(str(tmp_path / "big"), vocab_size=3000)
+    model = Qwen2(config_from_preset("tiny", vocab_size=2048))
+    bad = save_checkpoint(model, str(tmp_path / "bad"), tokenizer_file=tok.path)
+    code, _, err = run(["--ckpt", bad, "--task", "vt"], capsys)
+    assert code == 2 and "do not belong together" in err
