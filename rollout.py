@@ -195,7 +195,7 @@ def encode_prompt(tokenizer, user_text, fields):
     fields maps a placeholder string appearing in user_text to the token ids to splice in, e.g.
     {"@@CHUNK@@": chunk_ids}. The text around the placeholders is encoded piece by piece.
     """
-    text = chat_prompt(user_text)
+    text = chat_prompt(user_text, tokenizer.system_prompt)
     ids, rest = [], text
     while rest:
         hits = [(rest.find(name), name) for name in fields if name in rest]

@@ -21,6 +21,7 @@ The chat rendering lives here and only here: chat_prompt() for text, render_prom
 render_reply() for ids; rollouts and the supervised warm start both call these.
 """
 import io
+import json
 import os
 import re
 
@@ -39,21 +40,52 @@ _CUT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS + [NEWLINE
                   + ")")
 
 
-def chat_prompt(user_text: str) -> str:
-    """One user turn, then the opening of the assistant's turn (ChatML style).
+def chat_prompt(user_text: str, system: str | None = None) -> str:
+    """One user turn, then the opening of the assistant's turn (ChatML style), after an optional
+    system turn (Qwen2.5's chat template adds its default system turn when none is given; our own
+    tokenizer has none).
 
     >>> chat_prompt("Hi")
     '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    >>> chat_prompt("Hi", system="Be brief.")
+    '<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
-    return f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
+    turn = f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
+    return turn if system is None else f"<|im_start|>system\n{system}<|im_end|>\n" + turn
 
 
-def chat_text(user_text: str, reply_text: str) -> str:
+def chat_text(user_text: str, reply_text: str, system: str | None = None) -> str:
     """The whole conversation as text: chat_prompt(user_text) + reply + <|im_end|>."""
-    return chat_prompt(user_text) + reply_text + "<|im_end|>"
+    return chat_prompt(user_text, system) + reply_text + "<|im_end|>"
 
 
-class Tokenizer:
+class ChatRendering:
+    """The chat rendering shared by both tokenizers (ours and a HF tokenizer.json): what the
+    rollouts and the supervised warm start call. Subclasses give encode, decode, stop_ids,
+    im_end_id and system_prompt."""
+
+    system_prompt = None
+
+    def render_prompt(self, user_text: str) -> list[int]:
+        """Ids of chat_prompt(user_text): what the model sees before it replies."""
+        return self.encode(chat_prompt(user_text, self.system_prompt))
+
+    def render_reply(self, reply_text: str) -> list[int]:
+        """Ids of a reply, ending with im_end_id. render_prompt(u) + render_reply(r) equals
+        encode(chat_text(u, r)), because the prompt ends in a newline, where encode cuts."""
+        return self.encode(reply_text) + [self.im_end_id]
+
+    def decode_reply(self, ids) -> str:
+        """Text of a generated reply, up to (not including) its first stop id."""
+        ids = [int(i) for i in ids]
+        for k, i in enumerate(ids):
+            if i in self.stop_ids:
+                ids = ids[:k]
+                break
+        return self.decode(ids)
+
+
+class Tokenizer(ChatRendering):
     """encode/decode with a trained sentencepiece model; see the module docstring."""
 
     def __init__(self, path: str):
@@ -102,26 +134,85 @@ class Tokenizer:
             raise ValueError(f"ids out of range 0..{self.vocab_size - 1}: {bad[:5]}")
         return self.sp.decode(ids)
 
-    def decode_reply(self, ids) -> str:
-        """Text of a generated reply, up to (not including) its first stop id."""
-        ids = [int(i) for i in ids]
-        for k, i in enumerate(ids):
-            if i in self.stop_ids:
-                ids = ids[:k]
-                break
-        return self.decode(ids)
-
-    def render_prompt(self, user_text: str) -> list[int]:
-        """Ids of chat_prompt(user_text): what the model sees before it replies."""
-        return self.encode(chat_prompt(user_text))
-
-    def render_reply(self, reply_text: str) -> list[int]:
-        """Ids of a reply, ending with im_end_id. render_prompt(u) + render_reply(r) equals
-        encode(chat_text(u, r)), because the prompt ends in a newline, where encode cuts."""
-        return self.encode(reply_text) + [self.im_end_id]
-
     def __repr__(self):
         return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+class HFTokenizer(ChatRendering):
+    """A HF `tokenizer.json` (Qwen2.5's byte-level BPE with its pre-tokenizer and special tokens)
+    behind the same interface as Tokenizer. Needs the optional `tokenizers` package.
+
+    The default system prompt is read from the chat template in tokenizer_config.json (Qwen2.5's
+    adds "You are Qwen, created by Alibaba Cloud. ..." when a conversation has no system turn),
+    so render_prompt matches transformers' apply_chat_template(..., add_generation_prompt=True).
+    """
+
+    def __init__(self, directory: str):
+        try:
+            from tokenizers import Tokenizer as HFFastTokenizer
+        except ImportError:
+            raise ImportError("reading a HF tokenizer.json needs the `tokenizers` package: "
+                              "pip install tokenizers") from None
+        path = os.path.join(directory, "tokenizer.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no tokenizer.json in {directory}")
+        self.path = directory
+        self.hf = HFFastTokenizer.from_file(path)
+        self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
+        ids = {}
+        for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+            ids[token] = self.hf.token_to_id(token)
+            if ids[token] is None:
+                raise ValueError(f"{path} has no {token} token: not a Qwen2-style chat tokenizer")
+        self.im_start_id, self.im_end_id = ids["<|im_start|>"], ids["<|im_end|>"]
+        self.endoftext_id = self.pad_id = ids["<|endoftext|>"]  # Qwen pads with <|endoftext|>
+        self.eos_id = self.im_end_id
+        self.stop_ids = [self.im_end_id, self.endoftext_id]
+        self.system_prompt = default_system_prompt(directory)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of text, no special tokens added; special-token strings become their single ids."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def __repr__(self):
+        return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}]+?)<\|im_end\|>")
+
+
+def default_system_prompt(directory: str) -> str | None:
+    """The system turn a chat template adds when the conversation has none, or None.
+
+    Looks in tokenizer_config.json's `chat_template` for a literal system turn, as in Qwen2.5's
+    template: '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. ...<|im_end|>'.
+    """
+    path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        template = json.load(f).get("chat_template") or ""
+    if isinstance(template, list):  # several named templates: use the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), "")
+    match = _DEFAULT_SYSTEM.search(template)
+    return match.group(1) if match else None
+
+
+def load_tokenizer(path: str):
+    """Our sentencepiece .model (a file, or a checkpoint directory holding one), or a HF directory
+    with tokenizer.json."""
+    if os.path.isfile(path):
+        return Tokenizer(path)
+    if os.path.isdir(path):
+        models = sorted(n for n in os.listdir(path) if n.endswith(".model"))
+        if models:
+            return Tokenizer(os.path.join(path, models[0]))
+        if os.path.exists(os.path.join(path, "tokenizer.json")):
+            return HFTokenizer(path)
+    raise FileNotFoundError(f"no tokenizer at {path} (expected a .model file or a tokenizer.json)")
 
 
 def _training_lines(seed: int, n_chars: int, extra_text):

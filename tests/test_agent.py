@@ -19,6 +19,7 @@ from rollout import AgentConfig, Generation, chunk_ids, run_agent
 class CharTokenizer:
     """One id per character (code point < 256), chat specials as single ids 256..258."""
     specials = ["<|im_start|>", "<|im_end|>", "<|pad|>"]
+    system_prompt = None
 
     def __init__(self):
         self.vocab_size = 259

@@ -1,0 +1,92 @@
+"""A HF tokenizer.json behind our interface: transformers' own tokenizer and chat template are the
+oracle. The test builds a small byte-level BPE (Qwen2's kind) with the ChatML specials and a chat
+template that, like Qwen2.5's, adds a default system turn when the conversation has none."""
+
+import json
+
+import pytest
+
+tokenizers = pytest.importorskip("tokenizers")
+transformers = pytest.importorskip("transformers")
+
+from memagent.tokenizer import HFTokenizer, load_tokenizer  # noqa: E402
+
+SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# A ChatML template written for this test, with Qwen2.5's observable behaviour (no tools).
+TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\n" + SYSTEM + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    directory = tmp_path_factory.mktemp("qwen-like")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = ["One of the special magic numbers for amber-falcon is: 1234567.",
+            "Document 3:\nZentek\nZentek is a company based in Belhaven.", SYSTEM] * 50
+    tok.train_from_iterator(text, trainer)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
+              "pad_token": "<|endoftext|>", "chat_template": TEMPLATE}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+USER_TEXTS = ["Hi", "Question:\nWhat is the number for amber-falcon?\nMemory:\nNone.\n",
+              "  spaces  and\ttabs, unicode é ✓, digits 0123456789\n\nend"]
+
+
+@pytest.mark.parametrize("user", USER_TEXTS)
+def test_render_prompt_matches_apply_chat_template(hf_dir, user):
+    ours = HFTokenizer(hf_dir)
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    expected = theirs.apply_chat_template([{"role": "user", "content": user}], tokenize=True,
+                                          add_generation_prompt=True)
+    if isinstance(expected, dict) or hasattr(expected, "input_ids"):
+        expected = expected["input_ids"]
+    assert ours.system_prompt == SYSTEM
+    assert ours.render_prompt(user) == list(expected)
+    assert ours.decode(ours.render_prompt(user)).startswith("<|im_start|>system\n" + SYSTEM)
+
+
+@pytest.mark.parametrize("text", USER_TEXTS + ["<|im_start|>user\nx<|im_end|>"])
+def test_encode_decode_match_transformers(hf_dir, text):
+    ours = HFTokenizer(hf_dir)
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
+    assert ours.decode(ours.encode(text)) == text
+
+
+def test_special_ids_and_stops(hf_dir):
+    tok = load_tokenizer(hf_dir)
+    assert isinstance(tok, HFTokenizer)
+    assert tok.encode("<|im_end|>") == [tok.im_end_id] and tok.eos_id == tok.im_end_id
+    assert set(tok.stop_ids) == {tok.im_end_id, tok.encode("<|endoftext|>")[0]}
+    reply = tok.render_reply("The answer is \\boxed{7}.")
+    assert reply[-1] == tok.im_end_id and tok.decode_reply(reply + [5, 6]) == "The answer is \\boxed{7}."
+
+
+def test_missing_pieces_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        HFTokenizer(str(tmp_path))
+    from tokenizers import Tokenizer, models
+    Tokenizer(models.BPE()).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="no <\\|im_start\\|> token"):
+        HFTokenizer(str(tmp_path))
