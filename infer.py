@@ -22,7 +22,7 @@ import torch
 
 from memagent.reward import score_answer
 from memagent.tasks import TASKS, make_sample, parse_length
-from memagent.tokenizer import Tokenizer
+from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import load_checkpoint
 from rollout import AgentConfig, run_agent
 
@@ -34,14 +34,15 @@ def fail(message):
 
 
 def load_agent(ckpt, device, dtype):
-    """(model, tokenizer, training config dict) from one of our checkpoint directories."""
+    """(model, tokenizer, training config dict) from our checkpoint or a HF Qwen2 directory."""
     try:
         model, meta = load_checkpoint(ckpt, dtype=dtype, device=device)
     except (FileNotFoundError, ValueError, OSError) as e:
         fail(f"cannot load checkpoint {ckpt!r}: {e}")
-    if meta.get("tokenizer_file") is None:
-        fail(f"checkpoint {ckpt!r} holds no tokenizer model (*.model)")
-    tokenizer = Tokenizer.load(meta["tokenizer_file"])
+    try:  # ours: the sentencepiece .model saved beside the weights; a HF folder: its tokenizer.json
+        tokenizer = load_tokenizer(meta["directory"])
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        fail(f"checkpoint {ckpt!r}: {e}")
     if tokenizer.vocab_size > model.config.vocab_size:
         fail(f"checkpoint {ckpt!r}: its tokenizer has {tokenizer.vocab_size} ids but the model only "
              f"{model.config.vocab_size}: they do not belong together")
@@ -65,14 +66,20 @@ def read_document(path):
     return text
 
 
-def agent_config(args, train_cfg):
+def agent_config(args, train_cfg, tokenizer):
     """Agent geometry: flags first, then the checkpoint's training config, then defaults."""
     def pick(name, default):
         value = getattr(args, name)
         return value if value is not None else train_cfg.get(name, default)
-    prompts = train_cfg.get("prompts", "compact")
-    return AgentConfig(chunk_tokens=pick("chunk_tokens", 256), memory_tokens=pick("memory_tokens", 64),
-                       answer_tokens=pick("answer_tokens", 32), compact_prompts=prompts != "full",
+    if isinstance(tokenizer, HFTokenizer):  # a real Qwen checkpoint: the paper's prompts and budgets
+        defaults = dict(chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, prompts="full")
+    else:
+        defaults = dict(chunk_tokens=256, memory_tokens=64, answer_tokens=32, prompts="compact")
+    prompts = train_cfg.get("prompts", defaults["prompts"])
+    return AgentConfig(chunk_tokens=pick("chunk_tokens", defaults["chunk_tokens"]),
+                       memory_tokens=pick("memory_tokens", defaults["memory_tokens"]),
+                       answer_tokens=pick("answer_tokens", defaults["answer_tokens"]),
+                       compact_prompts=prompts != "full",
                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
 
 
@@ -142,7 +149,9 @@ def parse_length_or_fail(text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint directory (or name under ./checkpoints/)")
+    p.add_argument("--ckpt", "--init-from", dest="ckpt", required=True,
+                   help="one of our checkpoints (a directory, or a name under ./checkpoints/), or a HF "
+                        "Qwen2 directory (config.json, *.safetensors, tokenizer.json)")
     src = p.add_argument_group("the document")
     src.add_argument("--file", help="a UTF-8 text file to read")
     src.add_argument("--question", help="the question to answer about --file")
@@ -177,7 +186,7 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer, train_cfg = load_agent(args.ckpt, device, dtype)
-    cfg = agent_config(args, train_cfg)
+    cfg = agent_config(args, train_cfg, tokenizer)
 
     if args.eval:
         rows = evaluate(model, tokenizer, cfg, args)

@@ -90,3 +90,35 @@ def test_missing_pieces_are_clear_errors(tmp_path):
     Tokenizer(models.BPE()).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(ValueError, match="no <\\|im_start\\|> token"):
         HFTokenizer(str(tmp_path))
+
+
+def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys):
+    """A HF Qwen2 folder (weights from save_pretrained + tokenizer files): infer.py --init-from
+    uses its tokenizer.json, Qwen's system turn and the full prompts."""
+    import shutil
+
+    import torch
+
+    import infer
+
+    ckpt = hf_dir + "-model"
+    shutil.copytree(hf_dir, ckpt)
+    vocab = HFTokenizer(hf_dir).vocab_size
+    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(ckpt, safe_serialization=True)
+    infer.main(["--init-from", ckpt, "--task", "niah_single_noise", "--length", "300", "--chunk-tokens", "100",
+                "--memory-tokens", "12", "--answer-tokens", "8", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["chunks"] == len(result["memories"]) >= 2  # ~300 tokens in chunks of 100
+    # the prompts really were the full ones, under Qwen's system turn
+    from memagent.tasks import make_sample
+    from rollout import AgentConfig, run_agent
+    from model import load_hf
+    tok = HFTokenizer(ckpt)
+    sample = make_sample("niah_single_noise", 300, 1, tok)
+    agent = AgentConfig(chunk_tokens=100, memory_tokens=12, answer_tokens=8, compact_prompts=False, temperature=0)
+    (r,) = run_agent(load_hf(ckpt).eval(), tok, [sample], agent)
+    first = tok.decode(r.conversations[0].prompt_ids)
+    assert first.startswith("<|im_start|>system\n" + SYSTEM) and "<problem>" in first
