@@ -1,0 +1,215 @@
+"""Tests of train.py: recipes and flags, clear errors, the warm start's targets, the scoring forward,
+and the whole pipeline on the tiny model (smoke run, exact resume, NaN stop, 2-process gloo DDP)."""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dapo
+import train
+from memagent import tasks
+from memagent.tokenizer import get_tokenizer
+from model import Qwen2, config_from_preset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING_KEYS = {"time_rollout", "time_update", "tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    """A shared out-dir root whose tokenizer/ is trained once for the whole module."""
+    root = tmp_path_factory.mktemp("train")
+    get_tokenizer(os.path.join(root, "seed", "tokenizer"))
+    return root
+
+
+def fresh_out(root, name):
+    """An out dir that already holds the module's tokenizer (so runs skip tokenizer training)."""
+    out = os.path.join(root, name)
+    shutil.copytree(os.path.join(root, "seed"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tok_dir):
+    """One smoke pipeline for the module; its warm start (30 steps: it has learnt to stop its
+    replies, so rewards vary) is the --init-from of the runs below, which then skip supervision."""
+    out = fresh_out(tok_dir, "smoke")
+    table = run_main(["--recipe", "smoke", "--out-dir", out, "--sft-steps", "30"])
+    return out, table
+
+
+def run_main(args):
+    train.RANK, train.WORLD = 0, 1
+    return train.main(args)
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# -----------------------------------------------------------------------------
+# flags and recipes
+
+
+def test_help_lists_the_dapo_flags():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--recipe", "--clip-high", "--no-dynamic-sampling", "--adv-std", "--no-adv-std",
+                 "--loss-agg", "--kl-coef", "--resume", "--init-from", "--overlong-buffer"):
+        assert flag in out.stdout, flag
+
+
+def test_recipes_and_overrides():
+    shipped = train.parse_args(["--recipe", "shipped"])
+    assert (shipped.clip_high, shipped.kl_coef, shipped.adv_std, shipped.dynamic_sampling) == \
+        (0.20, 0.001, False, False)
+    paper = train.parse_args(["--recipe", "paper"])
+    assert (paper.chunk_tokens, paper.memory_tokens, paper.answer_tokens, paper.window) == (5000, 1024, 1024, 8192)
+    assert (paper.group_size, paper.lr, paper.clip_high, paper.dynamic_sampling) == (16, 1e-6, 0.28, True)
+    assert paper.model == "qwen-ish-0.5b" and paper.dtype == "bfloat16"
+    cfg = train.parse_args(["--recipe", "shipped", "--clip-high", "0.3", "--dynamic-sampling",
+                            "--loss-agg", "seq-mean-token-mean"])
+    assert (cfg.clip_high, cfg.dynamic_sampling, cfg.loss_agg, cfg.kl_coef) == (0.3, True, "seq-mean-token-mean", 0.001)
+    assert train.parse_args([]).recipe == "cpu-demo"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "nope"], "unknown recipe"),
+    (["--task", "nope"], "unknown task"),
+    (["--model", "huge"], "unknown model preset"),
+    (["--loss-agg", "mean"], "unknown --loss-agg"),
+    (["--data", "/no/such/file.jsonl"], "does not exist"),
+])
+def test_bad_flags_give_one_line_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_window_too_small_is_a_clear_error(tok_dir):
+    out = fresh_out(tok_dir, "window")
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--out-dir", out, "--window", "120"])
+    assert "window too small" in str(e.value) and str(e.value).startswith("train.py:")
+
+
+# -----------------------------------------------------------------------------
+# the warm start's targets
+
+
+def test_warm_start_targets_are_question_agnostic(tok_dir):
+    """Memory targets never depend on the question; the final target boxes the asked value exactly
+    when the memory kept the asked needle; and the kept needle is uniform (~1/4 with 4 needles)."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--recipe", "smoke", "--prompts", "compact"])
+    hits, n = 0, 80
+    for i in range(n):
+        sample = tasks.make_sample("niah_multikey", 384, 1000 + i, tok)
+        other = dict(sample, question=sample["question"].replace(sample["needles"][0]["key"], "odd-key"))
+        convs = train.warm_start_conversations(sample, tok, cfg, random.Random(i))
+        convs_other = train.warm_start_conversations(other, tok, cfg, random.Random(i))
+        memories = [tok.decode(r[:-1]) for _, r in convs[:-1]]
+        assert memories == [tok.decode(r[:-1]) for _, r in convs_other[:-1]]
+        needles = {tasks.NEEDLE.format(key=x["key"], value=x["value"]) for x in sample["needles"]}
+        assert all(m in needles or m == "None." for m in memories)  # capacity: one needle
+        final = tok.decode(convs[-1][1][:-1])
+        asked_kept = sample["answers"][0] in memories[-1]
+        assert (final == "\\boxed{%s}" % sample["answers"][0]) == asked_kept
+        hits += asked_kept
+    assert 0.12 < hits / n < 0.40, hits / n  # uniform over the needles that fit a chunk
+
+
+def test_response_logits_match_the_full_forward():
+    torch.manual_seed(0)
+    model = Qwen2(config_from_preset("tiny", vocab_size=64)).eval()
+    model.pad_id = 0
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
+    got = train.response_logits(model, prompts, responses)  # (2, 3, V)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        full = model(torch.tensor([p + r]))[0]  # (T, V)
+        want = full[len(p) - 1:len(p) - 1 + len(r)]
+        torch.testing.assert_close(got[b, :len(r)], want, atol=1e-5, rtol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# the pipeline
+
+
+def test_smoke_pipeline_writes_everything(smoke_run):
+    out, table = smoke_run
+    assert set(table) == {"warm start", "RL"} and set(table["RL"]) == {"1x", "2x"}
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward", "accuracy", "kept_fraction", "memory_len", "answer_len", "truncation_rate",
+                "clip_frac_low", "clip_frac_high", "approx_kl", "entropy", "time_rollout",
+                "time_update", "tokens_per_s"):
+        assert key in rows[0]
+    assert rows[0]["trained_tokens"] > 0 and rows[0]["entropy"] > 0
+    for sub in ("warmstart/model.safetensors", "ckpt/model/model.safetensors", "ckpt/trainer.pt",
+                "rl/config.json", "eval.json"):
+        assert os.path.exists(os.path.join(out, sub)), sub
+
+
+def test_resume_continues_exactly(tok_dir, smoke_run):
+    common = ["--recipe", "smoke", "--eval-n", "0", "--overlong-buffer", "24", "--group-size", "3",
+              "--init-from", os.path.join(smoke_run[0], "warmstart")]
+    straight = fresh_out(tok_dir, "straight")
+    run_main(common + ["--out-dir", straight, "--rl-steps", "3"])
+    split = fresh_out(tok_dir, "split")
+    run_main(common + ["--out-dir", split, "--rl-steps", "2"])
+    run_main(common + ["--out-dir", split, "--rl-steps", "3", "--resume"])
+    a, b = read_metrics(straight), read_metrics(split)
+    assert len(a) == len(b) == 3
+    for row_a, row_b in zip(a, b):
+        for k in row_a:
+            if k not in TIMING_KEYS:
+                assert row_a[k] == pytest.approx(row_b[k], rel=1e-6, abs=1e-9), k
+    assert any(abs(r["pg_loss"]) > 0 for r in a)  # there was a real update to carry over
+    # and a checkpoint from another geometry is refused
+    with pytest.raises(SystemExit) as e:
+        run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--chunk-tokens", "80"])
+    assert "incompatible" in str(e.value)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tok_dir, smoke_run, monkeypatch):
+    out = fresh_out(tok_dir, "nan")
+    real = dapo.policy_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        calls.append(1)
+        step = int(torch.load(os.path.join(out, "ckpt", "trainer.pt"))["step"]) \
+            if os.path.exists(os.path.join(out, "ckpt", "trainer.pt")) else 0
+        return (loss * float("nan") if step >= 1 else loss), metrics
+
+    monkeypatch.setattr(dapo, "policy_loss", poisoned)
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--out-dir", out, "--rl-steps", "3", "--eval-n", "0",
+                  "--init-from", os.path.join(smoke_run[0], "warmstart")])
+    assert "non-finite loss" in str(e.value)
+    state = torch.load(os.path.join(out, "ckpt", "trainer.pt"), weights_only=False)
+    assert state["step"] == 1 and len(read_metrics(out)) == 1
+
+
+def test_ddp_gloo_two_processes(tok_dir, smoke_run):
+    out = fresh_out(tok_dir, "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "train.py", "--recipe", "smoke", "--out-dir", out, "--eval-scales", "1",
+           "--init-from", os.path.join(smoke_run[0], "warmstart")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["groups"] == 2
+    with open(os.path.join(out, "eval.json")) as f:
+        assert set(json.load(f)) == {"warm start", "RL"}

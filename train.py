@@ -1,0 +1,841 @@
+"""
+train.py: the MemAgent recipe end to end (../shared/design.md sections 2-3).
+
+    python train.py                       # cpu-demo: tiny model, 4-needle task, <= 15 min on 2 cores
+    python train.py --recipe paper --model qwen-ish-0.5b --init-from DIR     # the paper's geometry
+    torchrun --nproc_per_node=2 train.py --recipe smoke                       # DDP (gloo on CPU)
+
+Three stages, each a function that reads top to bottom:
+
+  1. warm_start(): supervised training on rendered agent conversations. The memory targets come from
+     a QUESTION-AGNOSTIC policy: after each chunk the target memory is a uniformly random subset (of
+     the memory's capacity) of the facts seen so far (reservoir sampling), whatever the question
+     asks. The final target boxes the asked value if the memory holds it, else a wrong guess taken
+     from the memory (or "unknown"). So the warm-started agent knows the format (copy facts into
+     memory, carry it forward, answer in \\boxed{}) but keeps the asked fact only by luck:
+     with 4 needles and room for 1 it answers right about 1/4 of the time. Choosing WHAT to keep is
+     left to RL.
+  2. rl_step(): multi-conversation DAPO. Roll out `group_size` agents per prompt (rollout.run_agent),
+     reward the final answers, drop groups without reward variance (dynamic sampling), broadcast
+     each rollout's group advantage to every conversation it holds, and take `mini_batches` AdamW
+     steps on the clipped surrogate (dapo.policy_loss), micro-batched with exact token-mean.
+  3. evaluate(): greedy agent on held-out seeds at 1x, 4x, 16x, 64x the training length, for the
+     warm start and for the RL policy; a table on stdout and eval.json in --out-dir.
+
+Outputs in --out-dir: tokenizer/, warmstart/ (model checkpoint), ckpt/ (model + optimizer + step,
+written atomically every --save-every steps, what --resume continues from), rl/ (final model),
+metrics.jsonl (one line per RL step), eval.json, curves.png (if matplotlib is installed).
+
+DDP: run under torchrun. Every rank rolls out its own share of the prompts (batch_size / world),
+and every micro-batch loss is divided by the GLOBAL token count of its mini-batch (an all-reduced
+sum). Gradients are then all-reduced with SUM, which makes the update exactly the single-process
+token-mean over all ranks' conversations. (Averaging per-rank token means would weight a rank's
+tokens by 1/its own count: wrong whenever ranks hold different numbers of tokens.)
+"""
+
+import argparse
+from array import array
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+import dapo
+from memagent import tasks
+from memagent.prompts import initial_memory
+from memagent.tokenizer import Tokenizer, get_tokenizer
+from model import PRESETS as MODEL_PRESETS
+from model import Qwen2, config_from_preset, load_hf, rotary_cos_sin, save_checkpoint
+from rollout import AgentConfig, check_window, chunk_ids, final_turn_ids, memory_turn_ids, run_agent
+
+# -----------------------------------------------------------------------------
+# Configuration: one dataclass, named recipes that override it, argparse on top.
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "cpu-demo"
+    # model and data
+    model: str = "tiny"  # model preset (model.PRESETS)
+    init_from: str = ""  # HF Qwen2 directory (or one of our checkpoints): skip the warm start
+    task: str = "niah_multikey"  # memagent.tasks.TASKS
+    data: str = ""  # a JSONL of samples (or HotpotQA .json) instead of generated tasks
+    train_length: int = 384  # training document length in tokens
+    n_docs: int = 0  # hotpot_synth: document count instead of a token length
+    vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
+    # agent geometry
+    chunk_tokens: int = 96
+    memory_tokens: int = 32
+    answer_tokens: int = 16
+    window: int = 0  # positions the agent may use; 0 = the model's maximum
+    prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
+    # warm start (supervised)
+    sft_steps: int = 500
+    sft_batch: int = 4  # samples per step (each gives K+1 conversations)
+    sft_lr: float = 6e-3
+    # RL (DAPO)
+    rl_steps: int = 60
+    batch_size: int = 8  # prompts (groups) per RL step, over all ranks
+    group_size: int = 8  # rollouts per prompt
+    mini_batches: int = 2  # optimizer steps per rollout batch
+    micro_batch: int = 64  # conversations per forward/backward
+    lr: float = 3e-4
+    warmup_steps: int = 4  # optimizer steps of linear warm-up, then constant
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float = 0.0  # 0 = off; DAPO/verl use 3
+    loss_agg: str = "token-mean"
+    adv_std: bool = True  # divide advantages by the group std (False: Dr. GRPO)
+    dynamic_sampling: bool = True
+    max_gen_batches: int = 3
+    kl_coef: float = 0.0  # k3 KL to the frozen start policy
+    overlong_buffer: int = 0  # soft overlong punishment buffer in tokens; 0 = off
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # evaluation
+    eval_scales: str = "1,4,16,64"
+    eval_n: int = 32  # held-out documents per length; 0 = no evaluation
+    # system
+    out_dir: str = "out/train"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"  # bfloat16 on GPU for the big presets
+    grad_ckpt: bool = False  # activation checkpointing
+    compile: bool = False
+    save_every: int = 20
+    resume: bool = False
+
+
+RECIPES = {
+    # the default: tiny model, 4 needles (1 asked, 3 distractors), memory room for one needle
+    "cpu-demo": {},
+    # a few seconds: the tests' pipeline
+    "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, sft_steps=4,
+                  sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
+                  dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1),
+    # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
+    "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
+                  chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192,
+                  group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,
+                  warmup_steps=20, weight_decay=0.01, clip_high=0.28, dynamic_sampling=True,
+                  kl_coef=0.0, adv_std=True, rl_steps=400, sft_steps=0, dtype="bfloat16",
+                  grad_ckpt=True, eval_n=128, save_every=10),
+}
+# the shipped MemAgent scripts: eps_high 0.20, KL 0.001 (k3), no std division, no dynamic sampling
+RECIPES["shipped"] = dict(RECIPES["paper"], clip_high=0.20, kl_coef=0.001, adv_std=False,
+                          dynamic_sampling=False)
+
+HELP = {
+    "recipe": "named preset of every setting below: " + ", ".join(RECIPES),
+    "init_from": "start from a HF Qwen2 checkpoint directory (weights via model.load_hf)",
+    "data": "train/eval on this JSONL of {question, context, answers} (or a HotpotQA .json)",
+    "clip_high": "DAPO clip-higher eps_high", "clip_low": "eps_low",
+    "loss_agg": "one of " + ", ".join(dapo.AGG_MODES),
+    "mini_batches": "optimizer steps per rollout batch",
+    "eval_scales": "multiples of the training length to evaluate at",
+    "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
+}
+
+
+def parse_args(argv=None):
+    """TrainConfig from the command line: recipe defaults first, then the flags given."""
+    parser = argparse.ArgumentParser(description="Train a MemAgent: warm start -> DAPO -> eval.")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=HELP.get(f.name, f"default {f.default}"))
+        else:
+            parser.add_argument(flag, type=type(f.default), default=None, metavar=f.name.upper(),
+                                help=HELP.get(f.name, f"default {f.default!r}"))
+    args = parser.parse_args(argv)
+    recipe = args.recipe or TrainConfig.recipe
+    if recipe not in RECIPES:
+        parser.error(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    values = dict(RECIPES[recipe], recipe=recipe)
+    values.update({k: v for k, v in vars(args).items() if v is not None})
+    cfg = TrainConfig(**values)
+    if cfg.model not in MODEL_PRESETS:
+        parser.error(f"unknown model preset {cfg.model!r}; choose one of {', '.join(MODEL_PRESETS)}")
+    if not cfg.data and cfg.task not in tasks.TASKS:
+        parser.error(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
+    if cfg.prompts not in ("auto", "compact", "full"):
+        parser.error(f"--prompts must be auto, compact or full, not {cfg.prompts!r}")
+    if cfg.loss_agg not in dapo.AGG_MODES:
+        parser.error(f"unknown --loss-agg {cfg.loss_agg!r}; choose one of {', '.join(dapo.AGG_MODES)}")
+    if cfg.data and not os.path.exists(cfg.data):
+        parser.error(f"data file {cfg.data} does not exist")
+    if cfg.init_from and not os.path.isdir(cfg.init_from):
+        parser.error(f"--init-from {cfg.init_from}: no such directory")
+    if cfg.group_size < 1 or cfg.batch_size < 1 or cfg.mini_batches < 1 or cfg.micro_batch < 1:
+        parser.error("--group-size, --batch-size, --mini-batches and --micro-batch must be >= 1")
+    try:
+        [float(s) for s in cfg.eval_scales.split(",")]
+    except ValueError:
+        parser.error(f"--eval-scales {cfg.eval_scales!r}: expected numbers like 1,4,16,64")
+    return cfg
+
+
+# -----------------------------------------------------------------------------
+# Distributed helpers (no-ops in a single process)
+
+RANK, WORLD = 0, 1
+
+
+def print0(*args):
+    if RANK == 0:
+        print(*args, flush=True)
+
+
+def all_sum(values):
+    """Sum a list of floats over ranks (returned as floats)."""
+    if WORLD == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def setup_distributed(cfg):
+    global RANK, WORLD
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        RANK, WORLD = dist.get_rank(), dist.get_world_size()
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.device == "auto":
+        cfg.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    if cfg.batch_size % WORLD:
+        raise SystemExit(f"train.py: --batch-size {cfg.batch_size} must be divisible by the "
+                         f"{WORLD} ranks")
+
+
+# -----------------------------------------------------------------------------
+# Data: every sample comes from its index, so the step number is the data position.
+
+EVAL_SEED = 10**6  # held-out samples use seeds from here on, training seeds stay below
+SFT_SEED = 5 * 10**5
+
+
+def load_data(cfg):
+    if not cfg.data:
+        return None
+    try:
+        if cfg.data.endswith(".json"):
+            return tasks.load_hotpotqa(cfg.data)
+        return tasks.load_jsonl(cfg.data)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"train.py: {e}")
+
+
+def get_sample(cfg, tokenizer, data, index, scale=1.0):
+    """Sample number `index` (training) or EVAL_SEED + i (held out) at scale x the training length."""
+    if data is not None:  # a user file: the last eval_n records are held out
+        n_train = max(1, len(data) - cfg.eval_n)
+        i = n_train + (index - EVAL_SEED) % cfg.eval_n if index >= EVAL_SEED else index % n_train
+        sample = dict(data[min(i, len(data) - 1)])
+        sample.setdefault("task", "hotpotqa")
+        return sample
+    # short lengths can miss tasks.py's 2% length tolerance for some seeds: then try the next
+    # seed of this index's own sequence (deterministic, so the data position stays the step)
+    for attempt in range(10):
+        seed = cfg.seed * 10**7 + index + attempt * 10**9
+        try:
+            if cfg.task == "hotpot_synth" and cfg.n_docs:
+                n_docs = max(2, round(cfg.n_docs * scale))
+                return tasks.make_sample(cfg.task, None, seed, tokenizer, n_docs=n_docs)
+            return tasks.make_sample(cfg.task, round(cfg.train_length * scale), seed, tokenizer)
+        except ValueError as e:
+            error = e
+    raise SystemExit(f"train.py: cannot make a {cfg.task} sample: {error}")
+
+
+def agent_config(cfg, temperature):
+    return AgentConfig(chunk_tokens=cfg.chunk_tokens, memory_tokens=cfg.memory_tokens,
+                       answer_tokens=cfg.answer_tokens, compact_prompts=cfg.prompts == "compact",
+                       temperature=temperature, top_p=cfg.top_p)
+
+
+# -----------------------------------------------------------------------------
+# Model, tokenizer, checkpoints
+
+
+class HFTokenizer:
+    """Adapter giving a HF Qwen tokenizer the interface of memagent.tokenizer.Tokenizer."""
+
+    def __init__(self, directory):
+        from transformers import AutoTokenizer
+        self.hf = AutoTokenizer.from_pretrained(directory)
+        self.path = directory
+        self.vocab_size = len(self.hf)
+        self.im_start_id = self.hf.convert_tokens_to_ids("<|im_start|>")
+        self.im_end_id = self.eos_id = self.hf.convert_tokens_to_ids("<|im_end|>")
+        endoftext = self.hf.convert_tokens_to_ids("<|endoftext|>")
+        self.pad_id = endoftext
+        self.stop_ids = [self.im_end_id, endoftext]
+
+    def encode(self, text):
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids):
+        return self.hf.decode(list(ids))
+
+    def render_reply(self, text):
+        return self.encode(text) + [self.im_end_id]
+
+
+def build_model(cfg):
+    """(model, tokenizer) from --init-from, or a fresh preset model with our tokenizer."""
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.init_from:
+        ours = [n for n in os.listdir(cfg.init_from) if n.endswith(".model")]
+        try:
+            tokenizer = (Tokenizer.load(os.path.join(cfg.init_from, ours[0])) if ours
+                         else HFTokenizer(cfg.init_from))
+            model = load_hf(cfg.init_from, dtype=dtype, device=cfg.device)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise SystemExit(f"train.py: cannot load --init-from {cfg.init_from}: {e}")
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise SystemExit(f"train.py: tokenizer has {tokenizer.vocab_size} ids but the model "
+                             f"in {cfg.init_from} only {model.config.vocab_size}")
+    else:
+        tok_dir = os.path.join(cfg.out_dir, "tokenizer")
+        if RANK == 0:
+            tokenizer = get_tokenizer(tok_dir, vocab_size=cfg.vocab_size)
+        if WORLD > 1:
+            dist.barrier()
+        tokenizer = get_tokenizer(tok_dir, vocab_size=cfg.vocab_size)
+        torch.manual_seed(cfg.seed)
+        model = Qwen2(config_from_preset(cfg.model, vocab_size=tokenizer.vocab_size))
+        model = model.to(device=cfg.device, dtype=dtype)
+    model.pad_id = tokenizer.pad_id
+    model.gradient_checkpointing = cfg.grad_ckpt
+    if cfg.prompts == "auto":  # the compact prompts suit our 2K-vocab models; Qwen's get the full ones
+        cfg.prompts = "full" if isinstance(tokenizer, HFTokenizer) else "compact"
+    return model, tokenizer
+
+
+def geometry_check(cfg, model, tokenizer):
+    """Print the geometry; a clear error if a conversation cannot fit the window."""
+    positions = model.config.max_position_embeddings
+    window = cfg.window or positions
+    if window > positions:
+        raise SystemExit(f"train.py: --window {window} exceeds the model's {positions} positions")
+    problem = len(tokenizer.encode(get_sample(cfg, tokenizer, None if not cfg.data else load_data(cfg), 0)["question"]))
+    try:
+        need = check_window(tokenizer, [problem + 8], agent_config(cfg, 1.0), window)
+    except ValueError as e:
+        raise SystemExit(f"train.py: {e}")
+    print0(f"geometry: chunk {cfg.chunk_tokens} + memory {cfg.memory_tokens} + answer "
+           f"{cfg.answer_tokens} + problem ~{problem} -> longest conversation {need} of a {window}-token "
+           f"window; training documents {cfg.n_docs or cfg.train_length} "
+           f"{'docs' if cfg.n_docs else 'tokens'} (~{math.ceil(cfg.train_length / cfg.chunk_tokens)} chunks)")
+    print0(f"model: {cfg.model if not cfg.init_from else cfg.init_from}, "
+           f"{model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.vocab_size}, "
+           f"{cfg.dtype} on {cfg.device}, {WORLD} rank(s)")
+
+
+def save_state(cfg, model, tokenizer, optimizer, step, history):
+    """OUT_DIR/ckpt = model/ (HF format) + trainer.pt, swapped in atomically (temp dir + rename)."""
+    if RANK != 0:
+        return
+    final = os.path.join(cfg.out_dir, "ckpt")
+    tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=cfg.out_dir)
+    save_checkpoint(model, os.path.join(tmp, "model"), tokenizer_file=getattr(tokenizer, "path", None)
+                    if str(getattr(tokenizer, "path", "")).endswith(".model") else None,
+                    meta={"step": step, "config": dataclasses.asdict(cfg)})
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(), "history": history,
+                "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "trainer.pt"))
+    if os.path.exists(final):
+        old = final + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+GEOMETRY_FIELDS = ("model", "init_from", "task", "chunk_tokens", "memory_tokens", "answer_tokens",
+                   "vocab_size", "dtype", "prompts")
+
+
+def load_state(cfg, model, optimizer):
+    """Restore OUT_DIR/ckpt into model and optimizer; returns (step, history)."""
+    path = os.path.join(cfg.out_dir, "ckpt")
+    state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
+    for name in GEOMETRY_FIELDS:
+        if state["config"].get(name) != getattr(cfg, name):
+            raise SystemExit(f"train.py: checkpoint {path} is incompatible: it was trained with "
+                             f"{name}={state['config'].get(name)!r}, this run has {getattr(cfg, name)!r}")
+    saved = load_hf(os.path.join(path, "model"), dtype=getattr(torch, cfg.dtype), device=cfg.device)
+    model.load_state_dict(saved.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    return state["step"], state["history"]
+
+
+# -----------------------------------------------------------------------------
+# Scoring: log-probs of response tokens under the model (the one forward used for training)
+
+
+def response_logits(model, prompts, responses):
+    """Logits at the response positions only: (B, R, V) for R = longest response.
+
+    Each row is prompt + response, right-padded to (B, T); the model runs causally over positions
+    0..T-1, and the hidden state that predicts response token j sits at prompt_len - 1 + j. Only
+    those (B, R) hidden states go through the lm_head, so a 150K vocabulary never costs (B, T, V).
+    """
+    device = model.lm_head.weight.device
+    B = len(prompts)
+    T = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    R = max(len(r) for r in responses)
+    idx = torch.full((B, T), model.pad_id, dtype=torch.long, device=device)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        idx[b, :len(p) + len(r)] = torch.tensor(p + r, device=device)
+    positions = torch.arange(T, device=device).expand(B, T)  # (B, T)
+    x = model.model.embed_tokens(idx)  # (B, T, C)
+    cos, sin = rotary_cos_sin(positions, model.config.head_dim, model.config.rope_theta, x.dtype)
+    for block in model.model.layers:  # model.forward without the lm_head (same checkpointing)
+        if model.gradient_checkpointing and model.training:
+            x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, None, positions, None,
+                                                  use_reentrant=False)
+        else:
+            x = block(x, cos, sin, None, positions, None)
+    starts = torch.tensor([len(p) - 1 for p in prompts], device=device)  # (B,)
+    where = (starts[:, None] + torch.arange(R, device=device)).clamp(max=T - 1)  # (B, R)
+    h = x.gather(1, where[..., None].expand(B, R, x.size(-1)))  # (B, R, C)
+    return model.lm_head(model.model.norm(h))  # (B, R, V)
+
+
+def pad_rows(rows, R, value=0.0, dtype=torch.float32, device="cpu"):
+    out = torch.full((len(rows), R), value, dtype=dtype, device=device)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = torch.tensor(row, dtype=dtype, device=device)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 1. Warm start: supervised conversations from a question-agnostic memory policy
+
+
+def find_ids(ids_bytes, pattern):
+    """Index of the first occurrence of the id list `pattern` in ids (given as int32 bytes), or None."""
+    needle = array("i", pattern).tobytes()
+    at = ids_bytes.find(needle)
+    while at != -1 and at % 4:  # a match must start on an id boundary
+        at = ids_bytes.find(needle, at + 1)
+    return None if at == -1 else at // 4
+
+
+def sample_facts(sample, tokenizer, chunks):
+    """For each chunk, the fact sentences lying wholly inside it (needle sentences for NIAH tasks;
+    for other tasks, every sentence of the context). A fact cut by a chunk boundary is in no chunk.
+    """
+    if sample.get("needles"):
+        facts = [tasks.NEEDLE.format(key=n["key"], value=n["value"]) for n in sample["needles"]]
+    else:
+        facts = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", sample["context"]) if s.strip()]
+    ids_bytes = array("i", [t for c in chunks for t in c]).tobytes()
+    size = len(chunks[0]) if chunks else 1
+    per_chunk = [[] for _ in chunks]
+    for fact in dict.fromkeys(facts):
+        for pattern in (tokenizer.encode(" " + fact), tokenizer.encode(fact)):
+            hit = find_ids(ids_bytes, pattern)
+            if hit is not None:
+                if hit // size == (hit + len(pattern) - 1) // size:
+                    per_chunk[hit // size].append(fact)
+                break
+    return per_chunk
+
+
+def warm_start_conversations(sample, tokenizer, cfg, rng):
+    """[(prompt_ids, reply_ids)] for one sample: its K memory turns and the final turn."""
+    compact = agent_config(cfg, 1.0).compact_prompts
+    problem = tokenizer.encode(sample["question"])
+    chunks = chunk_ids(tokenizer.encode(sample["context"]), cfg.chunk_tokens)
+    facts = sample_facts(sample, tokenizer, chunks)
+    fact_len = max([len(tokenizer.encode(f)) + 1 for fs in facts for f in fs] or [1])
+    capacity = max(1, cfg.memory_tokens // fact_len)  # facts the memory can hold
+    memory, seen, convs = [], 0, []
+    memory_ids = tokenizer.encode(initial_memory(compact))
+    for chunk, new_facts in zip(chunks, facts):
+        prompt = memory_turn_ids(tokenizer, problem, memory_ids, chunk, compact)
+        for fact in new_facts:  # reservoir sampling: memory = uniform random subset of facts seen
+            seen += 1
+            if len(memory) < capacity:
+                memory.append(fact)
+            elif rng.random() < capacity / seen:
+                memory[rng.randrange(capacity)] = fact
+        reply = tokenizer.render_reply(" ".join(memory) if memory else initial_memory(compact))
+        reply = reply[:cfg.memory_tokens]
+        convs.append((prompt, reply))
+        memory_ids = reply[:-1] if reply[-1] == tokenizer.im_end_id else reply
+    text = " ".join(memory)
+    found = [a for a in sample["answers"] if a in text]
+    if found:
+        answer = ", ".join(found)
+    elif memory:  # a plausible wrong guess: the value of a fact it kept
+        answer = rng.choice(memory).rstrip(".").split()[-1]
+    else:
+        answer = "unknown"
+    convs.append((final_turn_ids(tokenizer, problem, memory_ids, compact),
+                  tokenizer.render_reply(f"\\boxed{{{answer}}}")[:cfg.answer_tokens]))
+    return convs
+
+
+def warm_start(cfg, model, tokenizer, data):
+    """Supervised training on warm_start_conversations; cross-entropy on reply tokens only."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
+    rng = random.Random(cfg.seed + 12345 + RANK)
+    model.train()
+    t0 = time.time()
+    per_rank = max(1, cfg.sft_batch // WORLD)
+    for step in range(cfg.sft_steps):
+        warmup = min(1.0, (step + 1) / min(20, cfg.sft_steps // 5 + 1))
+        lr = cfg.sft_lr * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * step / cfg.sft_steps)))  # cosine to 10%
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        convs = []
+        for i in range(per_rank):
+            index = SFT_SEED + (step * WORLD + RANK) * per_rank + i
+            convs += warm_start_conversations(get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng)
+        n_tokens = all_sum([sum(len(r) for _, r in convs)])[0]  # global token-mean
+        loss_sum = 0.0
+        for m in range(0, len(convs), cfg.micro_batch):
+            micro = convs[m:m + cfg.micro_batch]
+            logits = response_logits(model, [p for p, _ in micro], [r for _, r in micro])  # (B, R, V)
+            R = logits.size(1)
+            targets = pad_rows([r for _, r in micro], R, dtype=torch.long, device=logits.device)
+            mask = pad_rows([[1] * len(r) for _, r in micro], R, device=logits.device)
+            logp = dapo.logprobs_from_logits(logits, targets)  # (B, R)
+            loss = -(logp * mask).sum() / n_tokens
+            loss.backward()
+            loss_sum += loss.item()
+        check_finite(loss_sum, "warm start")
+        all_reduce_grads(model)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 25 == 0 or step == cfg.sft_steps - 1:
+            print0(f"warm start {step + 1:4d}/{cfg.sft_steps} | loss {all_sum([loss_sum])[0]:.4f} | "
+                   f"lr {lr:.2e} | {time.time() - t0:.0f}s")
+    model.eval()
+
+
+# -----------------------------------------------------------------------------
+# 2. RL: multi-conversation DAPO
+
+
+def check_finite(value, where):
+    if not math.isfinite(value):
+        raise SystemExit(f"train.py: non-finite loss ({value}) during {where}; stopping. The last "
+                         f"good checkpoint is kept; try a lower --lr / --sft-lr.")
+
+
+def all_reduce_grads(model):
+    """Sum gradients over ranks (losses are already divided by GLOBAL normalizers)."""
+    if WORLD == 1:
+        return
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+
+
+def collect_rollouts(cfg, model, tokenizer, data, step):
+    """Roll out groups until dynamic sampling has its batch. Returns (groups, stats, first_draw)."""
+    per_rank = cfg.batch_size // WORLD
+    agent = agent_config(cfg, cfg.temperature)
+    draws = []
+
+    def draw():
+        d = len(draws)
+        base = ((step * cfg.max_gen_batches + d) * WORLD + RANK) * per_rank
+        samples = [get_sample(cfg, tokenizer, data, base + i) for i in range(per_rank)]
+        rollouts = run_agent(model, tokenizer, samples, agent, group_size=cfg.group_size,
+                             seed=cfg.seed * 1_000_003 + base, max_positions=cfg.window or None)
+        for r in rollouts:
+            r.accuracy = r.reward  # the task reward, before any overlong penalty
+            if cfg.overlong_buffer:
+                lengths = [len(c.response_ids) for c in r.conversations]
+                budgets = [cfg.answer_tokens if c.is_final else cfg.memory_tokens for c in r.conversations]
+                caches = [min(cfg.overlong_buffer, b) for b in budgets]
+                r.reward += dapo.rollout_overlong_penalty(lengths, budgets, caches)
+        draws.append(rollouts)
+        return [rollouts[g * cfg.group_size:(g + 1) * cfg.group_size] for g in range(per_rank)]
+
+    rewards_of = lambda group: [r.reward for r in group]
+    if cfg.dynamic_sampling:
+        try:
+            groups, stats = dapo.fill_batch(draw, rewards_of, per_rank, cfg.max_gen_batches)
+        except RuntimeError as e:  # not one group with signal in max_gen_batches draws
+            print(f"step {step + 1} (rank {RANK}): {e}; no update from this rank", flush=True)
+            groups = []
+        n_seen = len(draws) * per_rank
+        kept_fraction = sum(len(set(r.reward for r in g)) > 1 for d in draws
+                            for g in [d[i:i + cfg.group_size] for i in range(0, len(d), cfg.group_size)]) / n_seen
+    else:
+        groups = draw()
+        kept_fraction = float(dapo.keep_groups_with_signal(
+            torch.tensor([r.reward for g in groups for r in g]),
+            [i for i, g in enumerate(groups) for _ in g]).float().mean())
+    return groups, kept_fraction, draws[0]
+
+
+def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
+    """One DAPO step: rollouts -> advantages -> mini-batched clipped-surrogate updates."""
+    t0 = time.time()
+    model.eval()
+    groups, kept_fraction, first = collect_rollouts(cfg, model, tokenizer, data, step)
+    t_rollout = time.time() - t0
+
+    # rollout metrics of the first draw: an unbiased view of the current policy
+    rollouts = first
+    convs_all = [c for r in rollouts for c in r.conversations]
+    mem = [c for c in convs_all if not c.is_final]
+    fin = [c for c in convs_all if c.is_final]
+    sums = all_sum([len(rollouts), sum(r.reward for r in rollouts), sum(r.accuracy for r in rollouts),
+                    len(mem), sum(len(c.response_ids) for c in mem), len(fin),
+                    sum(len(c.response_ids) for c in fin), sum(c.truncated for c in convs_all),
+                    len(convs_all), sum(len(c.response_ids) for c in convs_all), kept_fraction])
+    n = max(sums[0], 1)
+    metrics = {"step": step + 1, "reward": sums[1] / n, "accuracy": sums[2] / n,
+               "kept_fraction": sums[10] / WORLD, "memory_len": sums[4] / max(sums[3], 1),
+               "answer_len": sums[6] / max(sums[5], 1), "truncation_rate": sums[7] / max(sums[8], 1)}
+
+    # advantages: one per rollout, from its group; every conversation gets its rollout's
+    t1 = time.time()
+    model.train()
+    kept = [r for g in groups for r in g]
+    rewards = torch.tensor([r.reward for r in kept])
+    group_ids = [gi for gi, g in enumerate(groups) for _ in g]  # (a sample index repeats across draws)
+    adv = dapo.group_advantages(rewards, group_ids, norm_by_std=cfg.adv_std) if kept else torch.zeros(0)
+    parts = [groups[i::cfg.mini_batches] for i in range(cfg.mini_batches)]  # mini-batches of groups
+    adv_of = {id(r): float(a) for r, a in zip(kept, adv)}
+    # token-weighted sums of the per-micro-batch diagnostics; pg_loss adds up to each mini-batch's loss
+    stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "approx_kl": 0.0, "entropy": 0.0,
+             "kl_ref": 0.0, "response_tokens": 0.0}
+    pg_loss = 0.0
+    budget = max(cfg.memory_tokens, cfg.answer_tokens)
+    for part in parts:
+        convs = [(c, adv_of[id(r)]) for g in part for r in g for c in r.conversations]
+        # normalizers of the whole mini-batch over all ranks: exact token-mean under accumulation
+        token_norm, seq_norm = all_sum([sum(len(c.response_ids) for c, _ in convs), len(convs)])
+        if token_norm == 0:  # no rank kept a group for this mini-batch: no optimizer step either
+            continue
+        for m in range(0, len(convs), cfg.micro_batch):
+            micro = convs[m:m + cfg.micro_batch]
+            prompts = [c.prompt_ids for c, _ in micro]
+            responses = [c.response_ids for c, _ in micro]
+            logits = response_logits(model, prompts, responses)  # (B, R, V)
+            B, R = logits.shape[:2]
+            dev = logits.device
+            targets = pad_rows(responses, R, dtype=torch.long, device=dev)  # (B, R)
+            mask = pad_rows([[1] * len(r) for r in responses], R, device=dev)  # (B, R)
+            logp = dapo.logprobs_from_logits(logits, targets)  # (B, R)
+            logp_old = pad_rows([c.logprobs for c, _ in micro], R, device=dev)
+            advantages = mask * torch.tensor([a for _, a in micro], device=dev)[:, None]  # (B, R)
+            logp_ref = None
+            if ref_model is not None:
+                with torch.no_grad():
+                    logp_ref = dapo.logprobs_from_logits(response_logits(ref_model, prompts, responses), targets)
+            loss, m_stats = dapo.policy_loss(
+                logp, logp_old, advantages, mask, eps_low=cfg.clip_low, eps_high=cfg.clip_high,
+                dual_clip_c=cfg.dual_clip or None, agg=cfg.loss_agg, token_normalizer=token_norm,
+                seq_normalizer=seq_norm, max_len=budget, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
+                entropy=dapo.entropy_from_logits(logits.detach()))
+            check_finite(loss.item(), f"RL step {step + 1}")
+            loss.backward()
+            w = m_stats["response_tokens"]
+            for k in stats:
+                stats[k] += m_stats.get(k, 0.0) * (w if k != "response_tokens" else 1.0)
+            pg_loss += m_stats["pg_loss"] / cfg.mini_batches
+        all_reduce_grads(model)
+        for group in optimizer.param_groups:  # warm-up, then constant
+            group["lr"] = cfg.lr * min(1.0, (opt_steps + 1) / max(cfg.warmup_steps, 1))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite(float(grad_norm), f"RL step {step + 1} (gradient norm)")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        opt_steps += 1
+    model.eval()
+    t_update = time.time() - t1
+    totals = all_sum([stats[k] for k in stats] + [pg_loss, len(groups)])
+    n_tok = max(totals[-3], 1.0)
+    metrics.update({k: v / n_tok for k, v in zip(stats, totals) if k != "response_tokens"})
+    metrics.update(pg_loss=totals[-2], groups=int(totals[-1]))
+    metrics.update(time_rollout=t_rollout, time_update=t_update, lr=optimizer.param_groups[0]["lr"],
+                   tokens_per_s=sums[9] / max(t_rollout, 1e-9), trained_tokens=totals[-3])
+    return metrics, opt_steps
+
+
+# -----------------------------------------------------------------------------
+# 3. Evaluation: greedy agent on held-out seeds at multiples of the training length
+
+
+def evaluate(cfg, model, tokenizer, data, label):
+    """{scale: accuracy} for each of --eval-scales; samples shared out over ranks."""
+    model.eval()
+    results = {}
+    scales = [float(s) for s in cfg.eval_scales.split(",")]
+    if data is not None:
+        scales = [1.0]  # a user file has its own lengths
+    for scale in scales:
+        t0 = time.time()
+        mine = [EVAL_SEED + i for i in range(cfg.eval_n) if i % WORLD == RANK]
+        samples = [get_sample(cfg, tokenizer, data, i, scale) for i in mine]
+        rollouts = run_agent(model, tokenizer, samples, agent_config(cfg, 0.0), group_size=1,
+                             seed=cfg.seed, max_positions=cfg.window or None) if samples else []
+        correct, count = all_sum([sum(r.reward for r in rollouts), len(rollouts)])
+        tokens = sum(s.get("n_tokens", 0) for s in samples)
+        results[f"{scale:g}x"] = correct / max(count, 1)
+        print0(f"eval {label:9s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
+               f"accuracy {100 * correct / max(count, 1):5.1f}% ({time.time() - t0:.0f}s)")
+    return results
+
+
+def print_table(table):
+    scales = list(next(iter(table.values())).keys())
+    print0("\n| policy | " + " | ".join(scales) + " |")
+    print0("|---|" + "---|" * len(scales))
+    for name, row in table.items():
+        print0(f"| {name} | " + " | ".join(f"{100 * row[s]:.1f}" for s in scales) + " |")
+
+
+def plot(history, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    steps = [h["step"] for h in history]
+    for ax, keys in zip(axes, (("reward", "accuracy"), ("memory_len", "answer_len"), ("entropy", "approx_kl"))):
+        for k in keys:
+            ax.plot(steps, [h.get(k, 0.0) for h in history], label=k)
+        ax.set_xlabel("RL step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    setup_distributed(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    t_start = time.time()
+    print0(f"recipe {cfg.recipe}: " + json.dumps(dataclasses.asdict(cfg)))
+    if cfg.recipe in ("paper", "shipped") and not cfg.init_from and cfg.sft_steps == 0:
+        print0("note: the paper starts RL from an instruct model: pass --init-from DIR (HF Qwen2)")
+    data = load_data(cfg)
+    model, tokenizer = build_model(cfg)
+    geometry_check(cfg, model, tokenizer)
+    if cfg.compile:
+        model.forward = torch.compile(model.forward)
+
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    warm_dir = os.path.join(cfg.out_dir, "warmstart")
+    table_path = os.path.join(cfg.out_dir, "eval.json")
+    table = {}
+    resuming = cfg.resume and os.path.exists(os.path.join(ckpt, "trainer.pt"))
+    if cfg.resume and not resuming:
+        print0(f"--resume: no checkpoint in {ckpt} yet, starting from the beginning")
+
+    # 1. warm start (or a loaded checkpoint), evaluated once
+    if resuming and os.path.exists(table_path):
+        with open(table_path) as f:
+            table = json.load(f)
+    elif not cfg.init_from and cfg.sft_steps > 0:
+        print0(f"== warm start: {cfg.sft_steps} supervised steps, question-agnostic memory targets")
+        warm_start(cfg, model, tokenizer, data)
+        if RANK == 0:
+            save_checkpoint(model, warm_dir, tokenizer_file=tokenizer.path, meta={"config": dataclasses.asdict(cfg)})
+    if "warm start" not in table and cfg.eval_n > 0:
+        print0("== evaluating the starting policy")
+        table["warm start"] = evaluate(cfg, model, tokenizer, data, "warm start")
+        if RANK == 0:
+            with open(table_path, "w") as f:
+                json.dump(table, f, indent=2)
+
+    # 2. RL
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.99))
+    step, history = 0, []
+    if resuming:
+        step, history = load_state(cfg, model, optimizer)
+        print0(f"resumed from {ckpt} at step {step}")
+    ref_model = None
+    if cfg.kl_coef > 0:  # frozen copy of the starting policy
+        ref_model = (load_hf(warm_dir, dtype=getattr(torch, cfg.dtype), device=cfg.device)
+                     if not cfg.init_from and os.path.exists(warm_dir)
+                     else load_hf(cfg.init_from, dtype=getattr(torch, cfg.dtype), device=cfg.device))
+        ref_model.pad_id = model.pad_id
+        ref_model.requires_grad_(False).eval()
+    opt_steps = step * cfg.mini_batches
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if RANK == 0:  # the metrics file holds exactly the steps of the run so far
+        with open(metrics_path, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+    if step < cfg.rl_steps:
+        print0(f"== RL: {cfg.rl_steps} DAPO steps x {cfg.batch_size} prompts x {cfg.group_size} rollouts")
+    while step < cfg.rl_steps:
+        metrics, opt_steps = rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps)
+        step += 1
+        history.append(metrics)
+        print0(f"step {step:4d}/{cfg.rl_steps} | reward {metrics['reward']:.3f} | acc "
+               f"{metrics['accuracy']:.3f} | kept {metrics['kept_fraction']:.2f} | mem "
+               f"{metrics['memory_len']:.1f} ans {metrics['answer_len']:.1f} trunc "
+               f"{metrics['truncation_rate']:.2f} | clip {metrics['clip_frac_low']:.3f}/"
+               f"{metrics['clip_frac_high']:.3f} | kl {metrics['approx_kl']:.4f} | ent "
+               f"{metrics['entropy']:.3f} | rollout {metrics['time_rollout']:.1f}s update "
+               f"{metrics['time_update']:.1f}s | {metrics['tokens_per_s']:.0f} tok/s")
+        if RANK == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        if step % cfg.save_every == 0 or step == cfg.rl_steps:
+            save_state(cfg, model, tokenizer, optimizer, step, history)
+    if RANK == 0 and history:
+        curve = [round(h["accuracy"], 2) for h in history]
+        print0(f"reward curve (accuracy per step): {curve}")
+        plot(history, os.path.join(cfg.out_dir, "curves.png"))
+        save_checkpoint(model, os.path.join(cfg.out_dir, "rl"), tokenizer_file=tokenizer.path if
+                        str(tokenizer.path).endswith(".model") else None, meta={"config": dataclasses.asdict(cfg)})
+
+    # 3. evaluation of the RL policy
+    if cfg.rl_steps > 0 and cfg.eval_n > 0:
+        print0("== evaluating the RL policy")
+        table["RL"] = evaluate(cfg, model, tokenizer, data, "RL")
+    if table:
+        print_table(table)
+    if RANK == 0:
+        with open(table_path, "w") as f:
+            json.dump(table, f, indent=2)
+        print0(f"saved {table_path}; total time {time.time() - t_start:.0f}s")
+    if WORLD > 1:
+        dist.destroy_process_group()
+    return table
+
+
+if __name__ == "__main__":
+    main()
