@@ -42,7 +42,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -595,14 +594,15 @@ def collect_rollouts(cfg, model, tokenizer, data, step):
         kept_fraction = float(dapo.keep_groups_with_signal(
             torch.tensor([r.reward for g in groups for r in g]),
             [i for i, g in enumerate(groups) for _ in g]).float().mean())
-    return groups, kept_fraction, draws[0]
+    generated = sum(len(c.response_ids) for d in draws for r in d for c in r.conversations)
+    return groups, kept_fraction, draws[0], generated
 
 
 def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
     """One DAPO step: rollouts -> advantages -> mini-batched clipped-surrogate updates."""
     t0 = time.time()
     model.eval()
-    groups, kept_fraction, first = collect_rollouts(cfg, model, tokenizer, data, step)
+    groups, kept_fraction, first, generated = collect_rollouts(cfg, model, tokenizer, data, step)
     t_rollout = time.time() - t0
 
     # rollout metrics of the first draw: an unbiased view of the current policy
@@ -613,7 +613,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
     sums = all_sum([len(rollouts), sum(r.reward for r in rollouts), sum(r.accuracy for r in rollouts),
                     len(mem), sum(len(c.response_ids) for c in mem), len(fin),
                     sum(len(c.response_ids) for c in fin), sum(c.truncated for c in convs_all),
-                    len(convs_all), sum(len(c.response_ids) for c in convs_all), kept_fraction])
+                    len(convs_all), generated, kept_fraction])
     n = max(sums[0], 1)
     metrics = {"step": step + 1, "reward": sums[1] / n, "accuracy": sums[2] / n,
                "kept_fraction": sums[10] / WORLD, "memory_len": sums[4] / max(sums[3], 1),

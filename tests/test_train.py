@@ -4,6 +4,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -183,14 +184,12 @@ def test_resume_continues_exactly(tok_dir, smoke_run):
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tok_dir, smoke_run, monkeypatch):
     out = fresh_out(tok_dir, "nan")
     real = dapo.policy_loss
-    calls = []
+    state_file = os.path.join(out, "ckpt", "trainer.pt")
 
-    def poisoned(*args, **kwargs):
+    def poisoned(*args, **kwargs):  # the loss turns NaN once step 1 has been checkpointed
         loss, metrics = real(*args, **kwargs)
-        calls.append(1)
-        step = int(torch.load(os.path.join(out, "ckpt", "trainer.pt"))["step"]) \
-            if os.path.exists(os.path.join(out, "ckpt", "trainer.pt")) else 0
-        return (loss * float("nan") if step >= 1 else loss), metrics
+        saved = torch.load(state_file, weights_only=False)["step"] if os.path.exists(state_file) else 0
+        return (loss * float("nan") if saved >= 1 else loss), metrics
 
     monkeypatch.setattr(dapo, "policy_loss", poisoned)
     with pytest.raises(SystemExit) as e:
@@ -203,7 +202,10 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tok_dir, smoke_run, monkey
 
 def test_ddp_gloo_two_processes(tok_dir, smoke_run):
     out = fresh_out(tok_dir, "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    with socket.socket() as s:  # a free port, so parallel test runs do not collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "train.py", "--recipe", "smoke", "--out-dir", out, "--eval-scales", "1",
            "--init-from", os.path.join(smoke_run[0], "warmstart")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
