@@ -19,7 +19,6 @@ D head dim, L cache length, V vocabulary.
 """
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -276,6 +275,14 @@ class Qwen2(nn.Module):
         logits_index (B,): return logits (B, V) only at these indices of T (e.g. each row's last real
         prompt token), so a long prefill never materialises (B, T, V).
         """
+        x = self.hidden_states(idx, cache, positions, kv_len)  # (B, T, C)
+        if logits_index is not None:
+            x = x[torch.arange(idx.size(0), device=idx.device), logits_index]  # (B, C)
+        return self.logits(x)  # (B, T, V) or (B, V)
+
+    def hidden_states(self, idx, cache=None, positions=None, kv_len=None):
+        """The decoder stack without the final norm and lm_head: (B, T, C). Same arguments as
+        forward; the trainer uses it to put only response positions through the lm_head."""
         B, T = idx.shape
         if (positions is None) != (kv_len is None):
             raise ValueError("positions and kv_len go together: both for decode, neither for a fresh sequence")
@@ -289,9 +296,11 @@ class Qwen2(nn.Module):
                                                       use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache, positions, kv_len)
-        if logits_index is not None:
-            x = x[torch.arange(B, device=idx.device), logits_index]  # (B, C)
-        return self.lm_head(self.model.norm(x))  # (B, T, V) or (B, V)
+        return x
+
+    def logits(self, hidden):
+        """Final RMSNorm, then the (tied) lm_head: (..., C) -> (..., V)."""
+        return self.lm_head(self.model.norm(hidden))
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
@@ -388,7 +397,7 @@ def load_hf(directory, dtype=torch.float32, device="cpu"):
 
 def save_checkpoint(model, directory, tokenizer_file=None, meta=None):
     """Write a checkpoint directory atomically: HF-style config.json + model.safetensors, a copy of
-    the tokenizer model, and meta.json (anything the caller wants to keep, e.g. the training args).
+    the tokenizer file(s) (a path or a list of paths), and meta.json (anything the caller wants to keep, e.g. the training args).
 
     The result loads with `load_hf` (and with transformers' Qwen2ForCausalLM). The directory is
     written beside its final place and renamed, so a crash never leaves a half-written checkpoint.
@@ -408,8 +417,8 @@ def save_checkpoint(model, directory, tokenizer_file=None, meta=None):
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight")  # stored once, as HF does
     save_file(state, os.path.join(tmp, "model.safetensors"))
-    if tokenizer_file is not None:
-        shutil.copyfile(tokenizer_file, os.path.join(tmp, os.path.basename(tokenizer_file)))
+    for path in [tokenizer_file] if isinstance(tokenizer_file, str) else (tokenizer_file or []):
+        shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta or {}, f, indent=2)
     if os.path.exists(directory):  # swap: the old checkpoint is removed only after the new one is whole

@@ -52,9 +52,9 @@ import torch.distributed as dist
 import dapo
 from memagent import tasks
 from memagent.prompts import initial_memory
-from memagent.tokenizer import Tokenizer, get_tokenizer
+from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
-from model import Qwen2, config_from_preset, load_hf, rotary_cos_sin, save_checkpoint
+from model import Qwen2, config_from_preset, load_hf, save_checkpoint
 from rollout import AgentConfig, check_window, chunk_ids, final_turn_ids, memory_turn_ids, run_agent
 
 # -----------------------------------------------------------------------------
@@ -272,40 +272,14 @@ def agent_config(cfg, temperature):
 # Model, tokenizer, checkpoints
 
 
-class HFTokenizer:
-    """Adapter giving a HF Qwen tokenizer the interface of memagent.tokenizer.Tokenizer."""
-
-    def __init__(self, directory):
-        from transformers import AutoTokenizer
-        self.hf = AutoTokenizer.from_pretrained(directory)
-        self.path = directory
-        self.vocab_size = len(self.hf)
-        self.im_start_id = self.hf.convert_tokens_to_ids("<|im_start|>")
-        self.im_end_id = self.eos_id = self.hf.convert_tokens_to_ids("<|im_end|>")
-        endoftext = self.hf.convert_tokens_to_ids("<|endoftext|>")
-        self.pad_id = endoftext
-        self.stop_ids = [self.im_end_id, endoftext]
-
-    def encode(self, text):
-        return self.hf.encode(text, add_special_tokens=False)
-
-    def decode(self, ids):
-        return self.hf.decode(list(ids))
-
-    def render_reply(self, text):
-        return self.encode(text) + [self.im_end_id]
-
-
 def build_model(cfg):
     """(model, tokenizer) from --init-from, or a fresh preset model with our tokenizer."""
     dtype = getattr(torch, cfg.dtype)
     if cfg.init_from:
-        ours = [n for n in os.listdir(cfg.init_from) if n.endswith(".model")]
         try:
-            tokenizer = (Tokenizer.load(os.path.join(cfg.init_from, ours[0])) if ours
-                         else HFTokenizer(cfg.init_from))
+            tokenizer = load_tokenizer(cfg.init_from)  # ours (.model) or the folder's tokenizer.json
             model = load_hf(cfg.init_from, dtype=dtype, device=cfg.device)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
             raise SystemExit(f"train.py: cannot load --init-from {cfg.init_from}: {e}")
         if tokenizer.vocab_size > model.config.vocab_size:
             raise SystemExit(f"train.py: tokenizer has {tokenizer.vocab_size} ids but the model "
@@ -353,8 +327,7 @@ def save_state(cfg, model, tokenizer, optimizer, step, history):
         return
     final = os.path.join(cfg.out_dir, "ckpt")
     tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=cfg.out_dir)
-    save_checkpoint(model, os.path.join(tmp, "model"), tokenizer_file=getattr(tokenizer, "path", None)
-                    if str(getattr(tokenizer, "path", "")).endswith(".model") else None,
+    save_checkpoint(model, os.path.join(tmp, "model"), tokenizer_file=tokenizer.files(),
                     meta={"step": step, "config": dataclasses.asdict(cfg)})
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(), "history": history,
@@ -407,19 +380,11 @@ def response_logits(model, prompts, responses):
     idx = torch.full((B, T), model.pad_id, dtype=torch.long, device=device)
     for b, (p, r) in enumerate(zip(prompts, responses)):
         idx[b, :len(p) + len(r)] = torch.tensor(p + r, device=device)
-    positions = torch.arange(T, device=device).expand(B, T)  # (B, T)
-    x = model.model.embed_tokens(idx)  # (B, T, C)
-    cos, sin = rotary_cos_sin(positions, model.config.head_dim, model.config.rope_theta, x.dtype)
-    for block in model.model.layers:  # model.forward without the lm_head (same checkpointing)
-        if model.gradient_checkpointing and model.training:
-            x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, None, positions, None,
-                                                  use_reentrant=False)
-        else:
-            x = block(x, cos, sin, None, positions, None)
+    x = model.hidden_states(idx)  # (B, T, C): causal, positions 0..T-1
     starts = torch.tensor([len(p) - 1 for p in prompts], device=device)  # (B,)
     where = (starts[:, None] + torch.arange(R, device=device)).clamp(max=T - 1)  # (B, R)
     h = x.gather(1, where[..., None].expand(B, R, x.size(-1)))  # (B, R, C)
-    return model.lm_head(model.model.norm(h))  # (B, R, V)
+    return model.logits(h)  # (B, R, V)
 
 
 def pad_rows(rows, R, value=0.0, dtype=torch.float32, device="cpu"):
@@ -770,7 +735,7 @@ def main(argv=None):
         print0(f"== warm start: {cfg.sft_steps} supervised steps, question-agnostic memory targets")
         warm_start(cfg, model, tokenizer, data)
         if RANK == 0:
-            save_checkpoint(model, warm_dir, tokenizer_file=tokenizer.path, meta={"config": dataclasses.asdict(cfg)})
+            save_checkpoint(model, warm_dir, tokenizer_file=tokenizer.files(), meta={"config": dataclasses.asdict(cfg)})
     if "warm start" not in table and cfg.eval_n > 0:
         print0("== evaluating the starting policy")
         table["warm start"] = evaluate(cfg, model, tokenizer, data, "warm start")
@@ -819,8 +784,8 @@ def main(argv=None):
         curve = [round(h["accuracy"], 2) for h in history]
         print0(f"reward curve (accuracy per step): {curve}")
         plot(history, os.path.join(cfg.out_dir, "curves.png"))
-        save_checkpoint(model, os.path.join(cfg.out_dir, "rl"), tokenizer_file=tokenizer.path if
-                        str(tokenizer.path).endswith(".model") else None, meta={"config": dataclasses.asdict(cfg)})
+        save_checkpoint(model, os.path.join(cfg.out_dir, "rl"), tokenizer_file=tokenizer.files(),
+                        meta={"config": dataclasses.asdict(cfg)})
 
     # 3. evaluation of the RL policy
     if cfg.rl_steps > 0 and cfg.eval_n > 0:

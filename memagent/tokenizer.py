@@ -134,6 +134,10 @@ class Tokenizer(ChatRendering):
             raise ValueError(f"ids out of range 0..{self.vocab_size - 1}: {bad[:5]}")
         return self.sp.decode(ids)
 
+    def files(self) -> list[str]:
+        """What a checkpoint must copy to carry this tokenizer: the .model file."""
+        return [self.path]
+
     def __repr__(self):
         return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
@@ -176,6 +180,11 @@ class HFTokenizer(ChatRendering):
 
     def decode(self, ids) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def files(self) -> list[str]:
+        """What a checkpoint must copy to carry this tokenizer: tokenizer.json and its config."""
+        names = ("tokenizer.json", "tokenizer_config.json")
+        return [os.path.join(self.path, n) for n in names if os.path.exists(os.path.join(self.path, n))]
 
     def __repr__(self):
         return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"

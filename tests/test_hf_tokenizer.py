@@ -122,3 +122,28 @@ def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys):
     (r,) = run_agent(load_hf(ckpt).eval(), tok, [sample], agent)
     first = tok.decode(r.conversations[0].prompt_ids)
     assert first.startswith("<|im_start|>system\n" + SYSTEM) and "<problem>" in first
+
+
+def test_two_rl_steps_from_a_tiny_hf_checkpoint(hf_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    import train
+
+    ckpt = str(tmp_path / "qwen-tiny")
+    shutil.copytree(hf_dir, ckpt)
+    cfg = transformers.Qwen2Config(vocab_size=HFTokenizer(hf_dir).vocab_size, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=1024)
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(ckpt, safe_serialization=True)
+    out = tmp_path / "run"
+    train.main(["--recipe", "smoke", "--init-from", ckpt, "--out-dir", str(out), "--rl-steps", "2",
+                "--eval-n", "0"])
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if "step" in l][-2:] == [1, 2]
+    assert (out / "rl" / "model.safetensors").exists()
+    # the trained checkpoint carries its tokenizer.json: infer.py reads it back like the original
+    import infer
+    infer.main(["--ckpt", str(out / "rl"), "--task", "niah_single_noise", "--length", "300", "--json"])
