@@ -421,7 +421,15 @@ def save_checkpoint(model, directory, tokenizer_file=None, meta=None):
         shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta or {}, f, indent=2)
-    if os.path.exists(directory):  # swap: the old checkpoint is removed only after the new one is whole
+    swap_in(tmp, directory)
+    return directory
+
+
+def swap_in(tmp, directory):
+    """Move the finished directory `tmp` to `directory`. An existing `directory` is renamed to
+    `directory.old` first and removed only after the new one is in place, so some whole checkpoint
+    is on disk at every moment."""
+    if os.path.exists(directory):
         old = directory + ".old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
@@ -429,7 +437,6 @@ def save_checkpoint(model, directory, tokenizer_file=None, meta=None):
         shutil.rmtree(old)
     else:
         os.replace(tmp, directory)
-    return directory
 
 
 CHECKPOINT_ROOT = "checkpoints"

@@ -41,7 +41,6 @@ import math
 import os
 import random
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from memagent import tasks
 from memagent.prompts import initial_memory
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
-from model import Qwen2, config_from_preset, load_hf, save_checkpoint
+from model import Qwen2, config_from_preset, load_hf, save_checkpoint, swap_in
 from rollout import AgentConfig, check_window, chunk_ids, final_turn_ids, memory_turn_ids, run_agent
 
 # -----------------------------------------------------------------------------
@@ -332,14 +331,7 @@ def save_state(cfg, model, tokenizer, optimizer, step, history):
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(), "history": history,
                 "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "trainer.pt"))
-    if os.path.exists(final):
-        old = final + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    swap_in(tmp, final)
 
 
 GEOMETRY_FIELDS = ("model", "init_from", "task", "chunk_tokens", "memory_tokens", "answer_tokens",
