@@ -790,6 +790,7 @@ def main(argv=None):
             json.dump(table, f, indent=2)
         print0(f"saved {table_path}; total time {time.time() - t_start:.0f}s")
     if WORLD > 1:
+        dist.barrier()  # no rank tears the group down while another still talks to it
         dist.destroy_process_group()
     return table
 
