@@ -255,8 +255,7 @@ def model_policy(model, generator):
     tests swap in a scripted one."""
     def policy(prompts, budgets, stop_ids, cfg):
         return generate(model, prompts, max_new_tokens=budgets, temperature=cfg.temperature,
-                        top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=stop_ids, generator=generator,
-                        pad_id=getattr(model, "pad_id", 0))
+                        top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=stop_ids, generator=generator)
     return policy
 
 

@@ -293,7 +293,6 @@ def build_model(cfg):
         torch.manual_seed(cfg.seed)
         model = Qwen2(config_from_preset(cfg.model, vocab_size=tokenizer.vocab_size))
         model = model.to(device=cfg.device, dtype=dtype)
-    model.pad_id = tokenizer.pad_id
     model.gradient_checkpointing = cfg.grad_ckpt
     if cfg.prompts == "auto":  # the compact prompts suit our 2K-vocab models; Qwen's get the full ones
         cfg.prompts = "full" if isinstance(tokenizer, HFTokenizer) else "compact"
@@ -369,7 +368,7 @@ def response_logits(model, prompts, responses):
     B = len(prompts)
     T = max(len(p) + len(r) for p, r in zip(prompts, responses))
     R = max(len(r) for r in responses)
-    idx = torch.full((B, T), model.pad_id, dtype=torch.long, device=device)
+    idx = torch.zeros((B, T), dtype=torch.long, device=device)  # right padding: causal attention never reads it
     for b, (p, r) in enumerate(zip(prompts, responses)):
         idx[b, :len(p) + len(r)] = torch.tensor(p + r, device=device)
     x = model.hidden_states(idx)  # (B, T, C): causal, positions 0..T-1
@@ -747,7 +746,6 @@ def main(argv=None):
         ref_model = (load_hf(warm_dir, dtype=getattr(torch, cfg.dtype), device=cfg.device)
                      if not cfg.init_from and os.path.exists(warm_dir)
                      else load_hf(cfg.init_from, dtype=getattr(torch, cfg.dtype), device=cfg.device))
-        ref_model.pad_id = model.pad_id
         ref_model.requires_grad_(False).eval()
     opt_steps = step * cfg.mini_batches
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
