@@ -24,7 +24,7 @@ from memagent.reward import score_answer
 from memagent.tasks import TASKS, make_sample, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import load_checkpoint
-from rollout import AgentConfig, run_agent
+from rollout import AgentConfig, check_window, run_agent, run_full_attention
 
 
 def fail(message):
@@ -115,13 +115,27 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def evaluate(model, tokenizer, cfg, args):
-    """Accuracy, tokens/s and peak memory per document length, greedy, on held-out seeds."""
+def kv_megabytes(model, tokens):
+    """Size of the KV cache one document needs for `tokens` positions (computed, not measured)."""
+    c = model.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.lm_head.weight.element_size()
+    return tokens * per_token / 2**20
+
+
+def evaluate(model, tokenizer, cfg, args, baseline=None):
+    """Accuracy, tokens/s and peak memory per document length, greedy, on held-out seeds.
+
+    baseline = (model, tokenizer, compact, answer_tokens) of a full-attention checkpoint: it answers
+    the SAME documents with each whole document in its window; beyond its positions it is not run.
+    """
     device = model.lm_head.weight.device
     rows = []
     for length_text in args.lengths:
         length = parse_length_or_fail(length_text)
-        samples = [make_sample(args.task, length, args.seed + i, tokenizer) for i in range(args.n)]
+        try:
+            samples = [make_sample(args.task, length, args.seed + i, tokenizer) for i in range(args.n)]
+        except ValueError as e:
+            fail(str(e))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -133,11 +147,62 @@ def evaluate(model, tokenizer, cfg, args):
                 print(f"\r{length_text}: {len(rewards)}/{len(samples)} documents", end="", file=sys.stderr)
         seconds = time.perf_counter() - t0
         tokens = sum(s["n_tokens"] for s in samples)
-        rows.append(dict(length=length, accuracy=100 * sum(rewards) / len(rewards), n=len(samples),
-                         context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device)))
+        problem = max(len(tokenizer.encode(s["question"])) for s in samples)
+        row = dict(length=length, accuracy=100 * sum(rewards) / len(rewards), n=len(samples),
+                   context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device),
+                   kv_mb=kv_megabytes(model, check_window(tokenizer, [problem], cfg, 10**12)))
+        if baseline is not None:
+            row.update(run_baseline(baseline, samples, args, tokens))
+        rows.append(row)
         if not args.json:
             print(file=sys.stderr)
     return rows
+
+
+def run_baseline(baseline, samples, args, tokens):
+    """The full-attention columns of one length: accuracy (None beyond the window), time, memory."""
+    model, tokenizer, compact, answer_tokens = baseline
+    device = model.lm_head.weight.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    answers, status = [], "ok"
+    try:
+        for start in range(0, len(samples), args.batch):
+            answers += run_full_attention(model, tokenizer, samples[start:start + args.batch],
+                                          answer_tokens, compact, seed=args.seed)
+    except torch.cuda.OutOfMemoryError:
+        status = "out of memory"
+    seconds = time.perf_counter() - t0
+    if status == "ok" and not all(a.fits for a in answers):
+        status = f"beyond {model.config.max_position_embeddings} positions"
+    ok = status == "ok"
+    longest = max(len(a.prompt_ids) for a in answers) + answer_tokens if ok else 0
+    return dict(baseline_status=status,
+                baseline_accuracy=100 * sum(a.reward for a in answers) / len(answers) if ok else None,
+                baseline_seconds=seconds if ok else None,
+                baseline_tok_s=tokens / seconds if ok else None,
+                baseline_peak_mem_mb=peak_memory_mb(device) if ok else None,
+                baseline_kv_mb=kv_megabytes(model, longest) if ok else None)
+
+
+def print_table(rows):
+    if "baseline_status" not in rows[0]:
+        print(f"{'length':>8} {'accuracy %':>10} {'n':>4} {'context tok/s':>13} {'seconds':>8} "
+              f"{'peak MB':>8} {'KV MB/doc':>9}")
+        for r in rows:
+            print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['n']:4d} {r['context_tok_s']:13.0f} "
+                  f"{r['seconds']:8.1f} {r['peak_mem_mb']:8.0f} {r['kv_mb']:9.2f}")
+        return
+    print("| length | n | MemAgent acc % | MemAgent s | MemAgent KV MB/doc | full attention acc % | "
+          "full attention s | full attention KV MB/doc |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        agent = f"| {r['length']} | {r['n']} | {r['accuracy']:.1f} | {r['seconds']:.1f} | {r['kv_mb']:.2f} |"
+        if r["baseline_status"] == "ok":
+            print(agent + f" {r['baseline_accuracy']:.1f} | {r['baseline_seconds']:.1f} | {r['baseline_kv_mb']:.2f} |")
+        else:
+            print(agent + f" {r['baseline_status']} | - | - |")
 
 
 def parse_length_or_fail(text):
@@ -163,6 +228,8 @@ def main(argv=None):
     ev.add_argument("--lengths", nargs="+", default=["1k", "4k", "16k", "64k"])
     ev.add_argument("--n", type=int, default=16, help="documents per length")
     ev.add_argument("--batch", type=int, default=8, help="documents read together")
+    ev.add_argument("--baseline", metavar="CKPT", help="a full-attention checkpoint (train.py --baseline) "
+                                                       "to run on the same documents, side by side")
     g = p.add_argument_group("agent and sampling (default: the checkpoint's geometry, greedy)")
     g.add_argument("--chunk-tokens", type=int)
     g.add_argument("--memory-tokens", type=int)
@@ -181,6 +248,8 @@ def main(argv=None):
         fail("--eval needs --task (the generated task to measure)")
     if not args.eval and (args.file is None) == (args.task is None):
         fail("give either --file with --question, or --task")
+    if args.baseline and not args.eval:
+        fail("--baseline goes with --eval (it adds the full-attention columns to the table)")
     if args.file is not None and not args.question:
         fail("--file needs --question")
     device = torch.device(args.device)
@@ -189,14 +258,16 @@ def main(argv=None):
     cfg = agent_config(args, train_cfg, tokenizer)
 
     if args.eval:
-        rows = evaluate(model, tokenizer, cfg, args)
+        baseline = None
+        if args.baseline:
+            b_model, b_tok, b_cfg = load_agent(args.baseline, device, dtype)
+            baseline = (b_model, b_tok, b_cfg.get("prompts", "compact") != "full",
+                        b_cfg.get("answer_tokens", cfg.answer_tokens))
+        rows = evaluate(model, tokenizer, cfg, args, baseline)
         if args.json:
             print(json.dumps(rows))
-            return
-        print(f"{'length':>8} {'accuracy %':>10} {'n':>4} {'context tok/s':>13} {'seconds':>8} {'peak MB':>8}")
-        for r in rows:
-            print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['n']:4d} {r['context_tok_s']:13.0f} "
-                  f"{r['seconds']:8.1f} {r['peak_mem_mb']:8.0f}")
+        else:
+            print_table(rows)
         return
 
     if args.file is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from memagent.prompts import final_prompt, initial_memory, memory_prompt
+from memagent.prompts import direct_prompt, final_prompt, initial_memory, memory_prompt
 from memagent.reward import compute_reward
 from memagent.tokenizer import chat_prompt
 
@@ -221,6 +221,12 @@ def final_turn_ids(tokenizer, problem_ids, memory_ids, compact):
     return encode_prompt(tokenizer, user, {PROBLEM: problem_ids, MEMORY: memory_ids})
 
 
+def direct_turn_ids(tokenizer, problem_ids, context_ids, compact):
+    """The full-attention baseline's prompt: the whole document and the problem in one turn."""
+    user = direct_prompt(PROBLEM, CHUNK, compact=compact)
+    return encode_prompt(tokenizer, user, {PROBLEM: problem_ids, CHUNK: context_ids})
+
+
 def chunk_ids(context_ids, chunk_tokens):
     """Cut the document into consecutive chunks of exactly chunk_tokens ids (the last may be shorter).
 
@@ -322,3 +328,44 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
         active = still_reading
         turn += 1
     return rollouts
+
+
+# -----------------------------------------------------------------------------
+# The baseline MemAgent is measured against: full attention over the whole document
+
+
+@dataclass
+class DirectAnswer:
+    prompt_ids: list  # empty when the document did not fit
+    answer: str
+    reward: float
+    fits: bool  # False: prompt + answer exceed the model's positions, nothing was generated
+
+
+def run_full_attention(model, tokenizer, samples, answer_tokens, compact, temperature=0.0, seed=0,
+                       max_positions=None):
+    """Answer each sample with the WHOLE document in the window: one prompt, one reply.
+
+    A document whose prompt + answer budget exceeds max_positions is not run (fits=False): this is
+    where full attention stops, whatever the hardware. Cost grows with the square of the document
+    length in attention and linearly in KV-cache memory, unlike the agent's constant window.
+    """
+    max_positions = max_positions or model.config.max_position_embeddings
+    problems = [tokenizer.encode(s["question"]) for s in samples]
+    prompts = [direct_turn_ids(tokenizer, p, tokenizer.encode(s["context"]), compact)
+               for p, s in zip(problems, samples)]
+    fits = [len(p) + answer_tokens <= max_positions for p in prompts]
+    results = [DirectAnswer(prompt_ids=[], answer="", reward=0.0, fits=False) for _ in samples]
+    todo = [i for i, ok in enumerate(fits) if ok]
+    if todo:
+        generator = torch.Generator(device=model.lm_head.weight.device)
+        generator.manual_seed(seed)
+        gens = generate(model, [prompts[i] for i in todo], max_new_tokens=answer_tokens,
+                        temperature=temperature, stop_ids=list(tokenizer.stop_ids), generator=generator)
+        for i, gen in zip(todo, gens):
+            reply = gen.tokens[:-1] if gen.stop_reason == "stop" else gen.tokens
+            answer = tokenizer.decode(reply)
+            answers = samples[i].get("answers")
+            reward = compute_reward(samples[i]["task"], answer, answers) if answers else 0.0
+            results[i] = DirectAnswer(prompt_ids=prompts[i], answer=answer, reward=reward, fits=True)
+    return results

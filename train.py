@@ -4,6 +4,7 @@ train.py: the MemAgent recipe end to end (../shared/design.md sections 2-3).
     python train.py                       # cpu-demo: tiny model, 4-needle task, <= 15 min on 2 cores
     python train.py --recipe paper --model qwen-ish-0.5b --init-from DIR     # the paper's geometry
     torchrun --nproc_per_node=2 train.py --recipe smoke                       # DDP (gloo on CPU)
+    python train.py --baseline            # the full-attention baseline (whole document in the window)
 
 Three stages, each a function that reads top to bottom:
 
@@ -21,6 +22,10 @@ Three stages, each a function that reads top to bottom:
      steps on the clipped surrogate (dapo.policy_loss), micro-batched with exact token-mean.
   3. evaluate(): greedy agent on held-out seeds at 1x, 4x, 16x, 64x the training length, for the
      warm start and for the RL policy; a table on stdout and eval.json in --out-dir.
+
+--baseline trains the comparison instead: the same model, supervised to answer with the WHOLE
+document in its window (documents from 1x up to the longest that fits), evaluated at the same
+scales; lengths beyond its window get no score. infer.py --eval --baseline puts the two side by side.
 
 Outputs in --out-dir: tokenizer/, warmstart/ (model checkpoint), ckpt/ (model + optimizer + step,
 written atomically every --save-every steps, what --resume continues from), rl/ (final model),
@@ -54,7 +59,8 @@ from memagent.prompts import initial_memory
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
 from model import Qwen2, config_from_preset, load_hf, save_checkpoint, swap_in
-from rollout import AgentConfig, check_window, chunk_ids, final_turn_ids, memory_turn_ids, run_agent
+from rollout import (AgentConfig, check_window, chunk_ids, direct_turn_ids, final_turn_ids,
+                     memory_turn_ids, run_agent, run_full_attention)
 
 # -----------------------------------------------------------------------------
 # Configuration: one dataclass, named recipes that override it, argparse on top.
@@ -66,6 +72,7 @@ class TrainConfig:
     # model and data
     model: str = "tiny"  # model preset (model.PRESETS)
     init_from: str = ""  # HF Qwen2 directory (or one of our checkpoints): skip the warm start
+    baseline: bool = False  # train the full-attention baseline instead of the agent (no RL)
     task: str = "niah_multikey"  # memagent.tasks.TASKS
     data: str = ""  # a JSONL of samples (or HotpotQA .json) instead of generated tasks
     train_length: int = 384  # training document length in tokens
@@ -144,6 +151,8 @@ HELP = {
     "mini_batches": "optimizer steps per rollout batch",
     "eval_scales": "multiples of the training length to evaluate at",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
+    "baseline": "train the FULL-ATTENTION baseline instead: the same model answering with the whole "
+                "document in its window (supervised, --sft-steps); saved in OUT_DIR/baseline",
 }
 
 
@@ -164,6 +173,8 @@ def parse_args(argv=None):
         parser.error(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     values = dict(RECIPES[recipe], recipe=recipe)
     values.update({k: v for k, v in vars(args).items() if v is not None})
+    if values.get("baseline") and "out_dir" not in values:
+        values["out_dir"] = "out/baseline"  # never overwrite the agent's run
     cfg = TrainConfig(**values)
     if cfg.model not in MODEL_PRESETS:
         parser.error(f"unknown model preset {cfg.model!r}; choose one of {', '.join(MODEL_PRESETS)}")
@@ -398,35 +409,54 @@ def find_ids(ids_bytes, pattern):
     return None if at == -1 else at // 4
 
 
+def memory_note(needle):
+    """How the warm start writes a needle into memory: a short note, " key: value."
+
+    >>> memory_note({"key": "icy-zebra", "value": "7368886"})
+    ' icy-zebra: 7368886.'
+
+    The leading space makes the key tokenize as it does inside the text (" icy" not "ic" "y"), so
+    writing the note is pure copying; 13 tokens instead of the needle sentence's 21.
+    """
+    return f" {needle['key']}: {needle['value']}."
+
+
 def sample_facts(sample, tokenizer, chunks):
-    """For each chunk, the fact sentences lying wholly inside it (needle sentences for NIAH tasks;
-    for other tasks, every sentence of the context). A fact cut by a chunk boundary is in no chunk.
+    """For each chunk, the notes of the facts lying wholly inside it: memory_note of each needle for
+    NIAH tasks; for other tasks, every sentence of the context. A fact cut by a chunk boundary is
+    in no chunk (the agent cannot see it whole either).
     """
     if sample.get("needles"):
-        facts = [tasks.NEEDLE.format(key=n["key"], value=n["value"]) for n in sample["needles"]]
+        facts = [(tasks.NEEDLE.format(key=n["key"], value=n["value"]), memory_note(n)) for n in sample["needles"]]
     else:
-        facts = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", sample["context"]) if s.strip()]
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", sample["context"]) if s.strip()]
+        facts = [(s, " " + s) for s in sentences]
     ids_bytes = array("i", [t for c in chunks for t in c]).tobytes()
     size = len(chunks[0]) if chunks else 1
     per_chunk = [[] for _ in chunks]
-    for fact in dict.fromkeys(facts):
+    for fact, note in dict.fromkeys(facts):
         for pattern in (tokenizer.encode(" " + fact), tokenizer.encode(fact)):
             hit = find_ids(ids_bytes, pattern)
             if hit is not None:
                 if hit // size == (hit + len(pattern) - 1) // size:
-                    per_chunk[hit // size].append(fact)
+                    per_chunk[hit // size].append(note)
                 break
     return per_chunk
 
 
 def warm_start_conversations(sample, tokenizer, cfg, rng):
-    """[(prompt_ids, reply_ids)] for one sample: its K memory turns and the final turn."""
+    """[(prompt_ids, reply_ids)] for one sample: its K memory turns and the final turn.
+
+    Memory turns: reservoir sampling over the notes seen so far, as many as fit the memory budget,
+    whatever the question asks. Final turn: the asked value(s) if the memory holds them, else
+    "unknown": the warm start learns to answer from its memory, never which notes to keep.
+    """
     compact = agent_config(cfg, 1.0).compact_prompts
     problem = tokenizer.encode(sample["question"])
     chunks = chunk_ids(tokenizer.encode(sample["context"]), cfg.chunk_tokens)
     facts = sample_facts(sample, tokenizer, chunks)
-    fact_len = max([len(tokenizer.encode(f)) + 1 for fs in facts for f in fs] or [1])
-    capacity = max(1, cfg.memory_tokens // fact_len)  # facts the memory can hold
+    note_len = max([len(tokenizer.encode(f)) for fs in facts for f in fs] or [1])
+    capacity = max(1, (cfg.memory_tokens - 1) // note_len)  # notes the memory can hold (+ the stop id)
     memory, seen, convs = [], 0, []
     memory_ids = tokenizer.encode(initial_memory(compact))
     for chunk, new_facts in zip(chunks, facts):
@@ -437,25 +467,25 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
                 memory.append(fact)
             elif rng.random() < capacity / seen:
                 memory[rng.randrange(capacity)] = fact
-        reply = tokenizer.render_reply(" ".join(memory) if memory else initial_memory(compact))
+        reply = tokenizer.render_reply("".join(memory) if memory else initial_memory(compact))
         reply = reply[:cfg.memory_tokens]
         convs.append((prompt, reply))
         memory_ids = reply[:-1] if reply[-1] == tokenizer.im_end_id else reply
-    text = " ".join(memory)
+    text = "".join(memory)
     found = [a for a in sample["answers"] if a in text]
-    if found:
-        answer = ", ".join(found)
-    elif memory:  # a plausible wrong guess: the value of a fact it kept
-        answer = rng.choice(memory).rstrip(".").split()[-1]
-    else:
-        answer = "unknown"
+    answer = ", ".join(found) if found else "unknown"
     convs.append((final_turn_ids(tokenizer, problem, memory_ids, compact),
                   tokenizer.render_reply(f"\\boxed{{{answer}}}")[:cfg.answer_tokens]))
     return convs
 
 
-def warm_start(cfg, model, tokenizer, data):
-    """Supervised training on warm_start_conversations; cross-entropy on reply tokens only."""
+def supervised(cfg, model, conversations_of, label):
+    """cfg.sft_steps AdamW steps of cross-entropy on reply tokens only (the prompt carries no loss).
+
+    conversations_of(index, rng) gives the [(prompt_ids, reply_ids)] of training sample `index`;
+    each step takes cfg.sft_batch samples (shared out over ranks), the loss is the global token mean.
+    Learning rate: linear warm-up, then cosine down to 10%.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng = random.Random(cfg.seed + 12345 + RANK)
     model.train()
@@ -468,8 +498,7 @@ def warm_start(cfg, model, tokenizer, data):
             group["lr"] = lr
         convs = []
         for i in range(per_rank):
-            index = SFT_SEED + (step * WORLD + RANK) * per_rank + i
-            convs += warm_start_conversations(get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng)
+            convs += conversations_of(SFT_SEED + (step * WORLD + RANK) * per_rank + i, rng)
         n_tokens = all_sum([sum(len(r) for _, r in convs)])[0]  # global token-mean
         loss_sum = 0.0
         for m in range(0, len(convs), cfg.micro_batch):
@@ -482,15 +511,51 @@ def warm_start(cfg, model, tokenizer, data):
             loss = -(logp * mask).sum() / n_tokens
             loss.backward()
             loss_sum += loss.item()
-        check_finite(loss_sum, "warm start")
+        check_finite(loss_sum, label)
         all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 25 == 0 or step == cfg.sft_steps - 1:
-            print0(f"warm start {step + 1:4d}/{cfg.sft_steps} | loss {all_sum([loss_sum])[0]:.4f} | "
+            print0(f"{label} {step + 1:4d}/{cfg.sft_steps} | loss {all_sum([loss_sum])[0]:.4f} | "
                    f"lr {lr:.2e} | {time.time() - t0:.0f}s")
     model.eval()
+
+
+def warm_start(cfg, model, tokenizer, data):
+    """Supervised training on warm_start_conversations (question-agnostic memory targets)."""
+    supervised(cfg, model, lambda index, rng: warm_start_conversations(
+        get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng), "warm start")
+
+
+# -----------------------------------------------------------------------------
+# 1b. The full-attention baseline (--baseline): the same model answering with the whole document
+
+
+def baseline_max_scale(cfg, model, tokenizer):
+    """The largest multiple of --train-length whose documents still fit the window whole."""
+    window = cfg.window or model.config.max_position_embeddings
+    overhead = len(direct_turn_ids(tokenizer, [], [], cfg.prompts == "compact")) + 64 + cfg.answer_tokens
+    return (window - overhead) / (cfg.train_length * (1 + tasks.LENGTH_TOLERANCE))
+
+
+def train_baseline(cfg, model, tokenizer, data):
+    """Supervised: (whole document + question) -> \\boxed{answer}. Document lengths are drawn
+    uniformly from 1x up to the longest that fits the window, so the baseline is trained on every
+    length it can read: any failure beyond is the window's, not a lack of training."""
+    compact = cfg.prompts == "compact"
+    top = max(1.0, baseline_max_scale(cfg, model, tokenizer)) if data is None else 1.0
+
+    def conversations_of(index, rng):
+        sample = get_sample(cfg, tokenizer, data, index, scale=rng.uniform(1.0, top))
+        prompt = direct_turn_ids(tokenizer, tokenizer.encode(sample["question"]),
+                                 tokenizer.encode(sample["context"]), compact)
+        reply = tokenizer.render_reply("\\boxed{%s}" % ", ".join(sample["answers"]))
+        return [(prompt, reply[:cfg.answer_tokens])]
+
+    print0(f"== full-attention baseline: {cfg.sft_steps} supervised steps on whole documents of "
+           f"{cfg.train_length}-{round(cfg.train_length * top)} tokens")
+    supervised(cfg, model, conversations_of, "baseline")
 
 
 # -----------------------------------------------------------------------------
@@ -645,8 +710,10 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
 # 3. Evaluation: greedy agent on held-out seeds at multiples of the training length
 
 
-def evaluate(cfg, model, tokenizer, data, label):
-    """{scale: accuracy} for each of --eval-scales; samples shared out over ranks."""
+def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
+    """{scale: accuracy} for each of --eval-scales; samples shared out over ranks. With
+    full_attention, the model answers with the whole document in its window (the baseline); a
+    scale whose documents do not fit gets None."""
     model.eval()
     results = {}
     scales = [float(s) for s in cfg.eval_scales.split(",")]
@@ -656,9 +723,21 @@ def evaluate(cfg, model, tokenizer, data, label):
         t0 = time.time()
         mine = [EVAL_SEED + i for i in range(cfg.eval_n) if i % WORLD == RANK]
         samples = [get_sample(cfg, tokenizer, data, i, scale) for i in mine]
-        rollouts = run_agent(model, tokenizer, samples, agent_config(cfg, 0.0), group_size=1,
-                             seed=cfg.seed, max_positions=cfg.window or None) if samples else []
-        correct, count = all_sum([sum(r.reward for r in rollouts), len(rollouts)])
+        if full_attention:
+            answers = run_full_attention(model, tokenizer, samples, cfg.answer_tokens,
+                                         cfg.prompts == "compact", max_positions=cfg.window or None)
+            rewards = [a.reward for a in answers if a.fits]
+            fits, total = all_sum([len(rewards), len(samples)])
+            if fits < total:  # part of a length beyond the window is no score at all
+                results[f"{scale:g}x"] = None
+                print0(f"eval {label:9s} {scale:>4g}x: {int(total - fits)} of {int(total)} documents "
+                       f"exceed the {cfg.window or model.config.max_position_embeddings}-token window")
+                continue
+        else:
+            rewards = [r.reward for r in run_agent(model, tokenizer, samples, agent_config(cfg, 0.0),
+                                                   group_size=1, seed=cfg.seed,
+                                                   max_positions=cfg.window or None)] if samples else []
+        correct, count = all_sum([sum(rewards), len(rewards)])
         tokens = sum(s.get("n_tokens", 0) for s in samples)
         results[f"{scale:g}x"] = correct / max(count, 1)
         print0(f"eval {label:9s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
@@ -671,7 +750,8 @@ def print_table(table):
     print0("\n| policy | " + " | ".join(scales) + " |")
     print0("|---|" + "---|" * len(scales))
     for name, row in table.items():
-        print0(f"| {name} | " + " | ".join(f"{100 * row[s]:.1f}" for s in scales) + " |")
+        print0(f"| {name} | " + " | ".join("beyond window" if row[s] is None else f"{100 * row[s]:.1f}"
+                                           for s in scales) + " |")
 
 
 def plot(history, path):
@@ -709,6 +789,9 @@ def main(argv=None):
     geometry_check(cfg, model, tokenizer)
     if cfg.compile:
         model.forward = torch.compile(model.forward)
+
+    if cfg.baseline:
+        return baseline_main(cfg, model, tokenizer, data, t_start)
 
     ckpt = os.path.join(cfg.out_dir, "ckpt")
     warm_dir = os.path.join(cfg.out_dir, "warmstart")
@@ -789,6 +872,27 @@ def main(argv=None):
         print0(f"saved {table_path}; total time {time.time() - t_start:.0f}s")
     if WORLD > 1:
         dist.barrier()  # no rank tears the group down while another still talks to it
+        dist.destroy_process_group()
+    return table
+
+
+def baseline_main(cfg, model, tokenizer, data, t_start):
+    """--baseline: supervised full-attention training, then its evaluation table (no RL)."""
+    train_baseline(cfg, model, tokenizer, data)
+    if RANK == 0:
+        save_checkpoint(model, os.path.join(cfg.out_dir, "baseline"), tokenizer_file=tokenizer.files(),
+                        meta={"config": dataclasses.asdict(cfg), "full_attention": True})
+    table = {}
+    if cfg.eval_n > 0:
+        print0("== evaluating the full-attention baseline")
+        table["full attention"] = evaluate(cfg, model, tokenizer, data, "baseline", full_attention=True)
+        print_table(table)
+    if RANK == 0:
+        with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
+            json.dump(table, f, indent=2)
+        print0(f"saved {os.path.join(cfg.out_dir, 'baseline')}; total time {time.time() - t_start:.0f}s")
+    if WORLD > 1:
+        dist.barrier()
         dist.destroy_process_group()
     return table
 

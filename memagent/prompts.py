@@ -7,6 +7,9 @@ MemAgent never shows the model the whole document. It runs a loop of short conve
         memory = model(memory_prompt(problem, memory, chunk))   # overwrite, never append
     answer = model(final_prompt(problem, memory))              # answer inside \\boxed{...}
 
+A third prompt, direct_prompt, belongs to the baseline MemAgent is compared with: the whole
+document and the problem in one turn (full attention, no memory).
+
 Each prompt is a single user turn; the chat wrapping (<|im_start|>user ... ) is added by
 memagent.tokenizer.chat_prompt, not here.
 
@@ -59,9 +62,22 @@ _FINAL_FULL = (
     "Your answer:\n"
 )
 
+_DIRECT_FULL = (
+    "You are given a long text and a problem about it. Read the text, solve the problem and put "
+    "your final answer inside \\boxed{{}}.\n"
+    "\n"
+    "<text>\n{context}\n</text>\n"
+    "\n"
+    "<problem>\n{problem}\n</problem>\n"
+    "\n"
+    "Your answer:\n"
+)
+
 _MEMORY_COMPACT = "Question:\n{problem}\nMemory:\n{memory}\nText:\n{chunk}\nNew memory:\n"
 
 _FINAL_COMPACT = "Question:\n{problem}\nMemory:\n{memory}\nAnswer in \\boxed{{}}:\n"
+
+_DIRECT_COMPACT = "Text:\n{context}\nQuestion:\n{problem}\nAnswer in \\boxed{{}}:\n"
 
 
 def memory_prompt(problem: str, memory: str, chunk: str, compact: bool = False) -> str:
@@ -94,6 +110,21 @@ def final_prompt(problem: str, memory: str, compact: bool = False) -> str:
     """
     template = _FINAL_COMPACT if compact else _FINAL_FULL
     return template.format(problem=problem, memory=memory)
+
+
+def direct_prompt(problem: str, context: str, compact: bool = False) -> str:
+    """The full-attention baseline's prompt: the WHOLE document, then the problem (no memory).
+
+    >>> print(direct_prompt("Who?", "Ann did it.", compact=True))
+    Text:
+    Ann did it.
+    Question:
+    Who?
+    Answer in \\boxed{}:
+    <BLANKLINE>
+    """
+    template = _DIRECT_COMPACT if compact else _DIRECT_FULL
+    return template.format(problem=problem, context=context)
 
 
 def initial_memory(compact: bool = False) -> str:

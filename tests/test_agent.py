@@ -238,3 +238,34 @@ def test_real_tokenizer_and_task_each_sample_reads_exactly_its_document(tmp_path
         assert seen == doc  # together the chunks are exactly the document, nothing more
         final = tok.decode(r.conversations[-1].prompt_ids)
         assert samples[r.sample]["question"] in final and "Text:" not in final
+
+
+# -----------------------------------------------------------------------------
+# the full-attention baseline
+
+
+def test_full_attention_answers_like_a_slow_greedy_decode(tmp_path):
+    """run_full_attention == argmax over a fresh full forward, token by token; too-long documents
+    are not run; the prompt holds the whole document as the text prompt encodes it."""
+    from memagent.prompts import direct_prompt
+    from memagent.tasks import make_sample
+    from memagent.tokenizer import chat_prompt, get_tokenizer
+    from model import config_from_preset
+    from rollout import run_full_attention
+    tok = get_tokenizer(str(tmp_path / "tok"))
+    torch.manual_seed(0)
+    model = Qwen2(config_from_preset("tiny", vocab_size=tok.vocab_size)).eval()
+    samples = [make_sample("niah_multikey", n, seed, tok) for seed, n in ((0, 300), (1, 500), (2, 3000))]
+    results = run_full_attention(model, tok, samples, answer_tokens=6, compact=True)
+    assert [r.fits for r in results] == [True, True, False]  # 3000 tokens > 2048 positions
+    for s, r in zip(samples[:2], results[:2]):
+        assert r.prompt_ids == tok.encode(chat_prompt(direct_prompt(s["question"], s["context"], True)))
+        ids = list(r.prompt_ids)
+        for _ in range(6):
+            with torch.no_grad():
+                nxt = int(model(torch.tensor([ids]))[0, -1].argmax())
+            ids.append(nxt)
+            if nxt in tok.stop_ids:
+                break
+        reply = ids[len(r.prompt_ids):]
+        assert r.answer == tok.decode(reply[:-1] if reply[-1] in tok.stop_ids else reply)

@@ -53,6 +53,18 @@ def test_eval_table(ckpt, capsys):
     assert code == 0 and [r["length"] for r in rows] == [200, 400] and all(r["n"] == 2 for r in rows)
 
 
+def test_eval_beside_the_full_attention_baseline(ckpt, capsys):
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
+                        "--n", "2", "--baseline", ckpt, "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and rows[0]["baseline_status"] == "ok" and rows[0]["baseline_accuracy"] is not None
+    assert rows[1]["baseline_status"] == "beyond 2048 positions" and rows[1]["baseline_accuracy"] is None
+    assert rows[0]["kv_mb"] == rows[1]["kv_mb"]  # the agent's window does not grow with the document
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
+                        "--n", "1", "--baseline", ckpt], capsys)
+    assert "| 3000 | 1 |" in out and "beyond 2048 positions" in out
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda d: ["--file", str(d / "missing.txt"), "--question", "q"], "no such file"),
     (lambda d: ["--file", str(d.joinpath("bin.txt")), "--question", "q"], "is not UTF-8"),
@@ -61,6 +73,7 @@ def test_eval_table(ckpt, capsys):
     (lambda d: ["--task", "vt", "--length", "12q"], "cannot parse length '12q'"),
     (lambda d: ["--task", "nope"], "unknown task 'nope'"),
     (lambda d: ["--file", str(d.joinpath("ok.txt"))], "--file needs --question"),
+    (lambda d: ["--task", "vt", "--baseline", "x"], "--baseline goes with --eval"),
 ])
 def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")

@@ -108,8 +108,9 @@ def test_window_too_small_is_a_clear_error(tok_dir):
 
 
 def test_warm_start_targets_are_question_agnostic(tok_dir):
-    """Memory targets never depend on the question; the final target boxes the asked value exactly
-    when the memory kept the asked needle; and the kept needle is uniform (~1/4 with 4 needles)."""
+    """Memory targets never depend on the question; they are short notes " key: value." of needles
+    seen so far; the final target boxes the asked value exactly when the memory kept the asked
+    needle (else "unknown"); and the kept needle is uniform (~1/4 with 4 needles)."""
     tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
     cfg = train.parse_args(["--recipe", "smoke", "--prompts", "compact"])
     hits, n = 0, 80
@@ -120,13 +121,26 @@ def test_warm_start_targets_are_question_agnostic(tok_dir):
         convs_other = train.warm_start_conversations(other, tok, cfg, random.Random(i))
         memories = [tok.decode(r[:-1]) for _, r in convs[:-1]]
         assert memories == [tok.decode(r[:-1]) for _, r in convs_other[:-1]]
-        needles = {tasks.NEEDLE.format(key=x["key"], value=x["value"]) for x in sample["needles"]}
-        assert all(m in needles or m == "None." for m in memories)  # capacity: one needle
+        notes = {"%s: %s." % (x["key"], x["value"]) for x in sample["needles"]}
+        # capacity: memory 32 tokens, a note 13 -> two notes at most
+        assert all(m == "None." or (m.count(":") <= 2 and set(m.replace(". ", ".|").split("|")) <= notes)
+                   for m in (m.strip() for m in memories)), memories
         final = tok.decode(convs[-1][1][:-1])
         asked_kept = sample["answers"][0] in memories[-1]
-        assert (final == "\\boxed{%s}" % sample["answers"][0]) == asked_kept
+        assert final == ("\\boxed{%s}" % sample["answers"][0] if asked_kept else "\\boxed{unknown}")
         hits += asked_kept
-    assert 0.12 < hits / n < 0.40, hits / n  # uniform over the needles that fit a chunk
+    assert 0.25 < hits / n < 0.65, hits / n  # 2 of the 4 needles kept, uniformly (minus cut needles)
+
+
+def test_memory_note_tokenizes_like_the_needle_text(tok_dir):
+    """Writing a note is pure copying: its key and value ids occur verbatim in the needle's ids."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    needle = {"key": "icy-zebra", "value": "7368886"}
+    note = tok.encode(train.memory_note(needle))
+    text = tok.encode("It rained. " + tasks.NEEDLE.format(**needle))
+    key_value = note[:3] + note[-8:-1]  # " icy" "-" "zebra" ... the seven digits
+    assert all(t in text for t in key_value)
+    assert len(note) < len(tok.encode(" " + tasks.NEEDLE.format(**needle)))
 
 
 def test_response_logits_match_the_full_forward():
@@ -215,3 +229,29 @@ def test_ddp_gloo_two_processes(tok_dir, smoke_run):
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["groups"] == 2
     with open(os.path.join(out, "eval.json")) as f:
         assert set(json.load(f)) == {"warm start", "RL"}
+
+
+# -----------------------------------------------------------------------------
+# the full-attention baseline (--baseline)
+
+
+def test_baseline_trains_and_stops_at_its_window(tok_dir):
+    out = fresh_out(tok_dir, "baseline")
+    table = run_main(["--recipe", "smoke", "--baseline", "--out-dir", out, "--sft-steps", "3",
+                      "--eval-scales", "1,16"])
+    row = table["full attention"]
+    assert row["16x"] is None and 0.0 <= row["1x"] <= 1.0  # 16 x 256 tokens cannot fit 2048 positions
+    with open(os.path.join(out, "baseline", "meta.json")) as f:
+        assert json.load(f)["full_attention"] is True
+    assert not os.path.exists(os.path.join(out, "rl"))  # no RL for the baseline
+
+
+def test_baseline_examples_fill_the_window(tok_dir):
+    """Training documents of the baseline reach the longest length that still fits the window."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--recipe", "smoke", "--baseline", "--prompts", "compact"])
+    model = Qwen2(config_from_preset("tiny", vocab_size=tok.vocab_size))
+    top = train.baseline_max_scale(cfg, model, tok)
+    sample = train.get_sample(cfg, tok, None, 0, scale=top)
+    prompt = train.direct_turn_ids(tok, tok.encode(sample["question"]), tok.encode(sample["context"]), True)
+    assert 0.8 * 2048 < len(prompt) + cfg.answer_tokens <= 2048
