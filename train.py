@@ -80,7 +80,7 @@ class TrainConfig:
     vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
     # agent geometry
     chunk_tokens: int = 96
-    memory_tokens: int = 32
+    memory_tokens: int = 16  # room for one " key: value." note (13 tokens) and the stop id
     answer_tokens: int = 16
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
