@@ -255,6 +255,9 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer, train_cfg = load_agent(args.ckpt, device, dtype)
+    if train_cfg.get("baseline"):
+        fail(f"{args.ckpt} is a full-attention baseline (train.py --baseline), not a memory agent; "
+             f"pass it as --baseline beside an agent's --ckpt with --eval")
     cfg = agent_config(args, train_cfg, tokenizer)
 
     if args.eval:

@@ -84,6 +84,15 @@ def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
     assert err.startswith("infer.py: error:") and "Traceback" not in err
 
 
+def test_a_baseline_checkpoint_is_not_an_agent(ckpt, tmp_path, capsys):
+    tok = get_tokenizer(str(tmp_path / "tok"))
+    model = Qwen2(config_from_preset("tiny", vocab_size=tok.vocab_size))
+    base = save_checkpoint(model, str(tmp_path / "base"), tokenizer_file=tok.path,
+                           meta={"config": {"baseline": True}, "full_attention": True})
+    code, _, err = run(["--ckpt", base, "--task", "vt", "--length", "300"], capsys)
+    assert code == 2 and "is a full-attention baseline" in err
+
+
 def test_checkpoint_errors(ckpt, tmp_path, capsys):
     code, _, err = run(["--ckpt", str(tmp_path / "none"), "--task", "vt"], capsys)
     assert code == 2 and "cannot load checkpoint" in err
