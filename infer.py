@@ -150,6 +150,7 @@ def evaluate(model, tokenizer, cfg, args, baseline=None):
         problem = max(len(tokenizer.encode(s["question"])) for s in samples)
         row = dict(length=length, accuracy=100 * sum(rewards) / len(rewards), n=len(samples),
                    context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device),
+                   # the agent's longest conversation (check_window returns it; no window limit here)
                    kv_mb=kv_megabytes(model, check_window(tokenizer, [problem], cfg, 10**12)))
         if baseline is not None:
             row.update(run_baseline(baseline, samples, args, tokens))

@@ -265,6 +265,14 @@ def model_policy(model, generator):
     return policy
 
 
+def reply_text_and_reward(tokenizer, sample, gen):
+    """Text of a final reply (its stop id dropped) and its task reward (0 without references)."""
+    reply = gen.tokens[:-1] if gen.stop_reason == "stop" else gen.tokens
+    text = tokenizer.decode(reply)
+    answers = sample.get("answers")  # a user's own document may come without any
+    return text, compute_reward(sample["task"], text, answers) if answers else 0.0
+
+
 def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None, max_positions=None,
               on_turn=None):
     """Run the memory agent on samples (dicts with question, context, answers, task) in one batch.
@@ -316,9 +324,7 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
                 response_ids=list(gen.tokens), logprobs=list(gen.logprobs),
                 truncated=gen.stop_reason == "length"))
             if is_final:
-                rollout.answer = tokenizer.decode(reply)
-                answers = samples[s].get("answers")  # a user's own document may come without any
-                rollout.reward = compute_reward(samples[s]["task"], rollout.answer, answers) if answers else 0.0
+                rollout.answer, rollout.reward = reply_text_and_reward(tokenizer, samples[s], gen)
             else:
                 memory_ids[r] = reply  # overwrite: the old memory is gone
                 rollout.memories.append(tokenizer.decode(reply))
@@ -363,9 +369,6 @@ def run_full_attention(model, tokenizer, samples, answer_tokens, compact, temper
         gens = generate(model, [prompts[i] for i in todo], max_new_tokens=answer_tokens,
                         temperature=temperature, stop_ids=list(tokenizer.stop_ids), generator=generator)
         for i, gen in zip(todo, gens):
-            reply = gen.tokens[:-1] if gen.stop_reason == "stop" else gen.tokens
-            answer = tokenizer.decode(reply)
-            answers = samples[i].get("answers")
-            reward = compute_reward(samples[i]["task"], answer, answers) if answers else 0.0
+            answer, reward = reply_text_and_reward(tokenizer, samples[i], gen)
             results[i] = DirectAnswer(prompt_ids=prompts[i], answer=answer, reward=reward, fits=True)
     return results

@@ -535,7 +535,8 @@ def warm_start(cfg, model, tokenizer, data):
 def baseline_max_scale(cfg, model, tokenizer):
     """The largest multiple of --train-length whose documents still fit the window whole."""
     window = cfg.window or model.config.max_position_embeddings
-    overhead = len(direct_turn_ids(tokenizer, [], [], cfg.prompts == "compact")) + 64 + cfg.answer_tokens
+    question = 64  # room for the question's tokens (a task question is ~15-30)
+    overhead = len(direct_turn_ids(tokenizer, [], [], cfg.prompts == "compact")) + question + cfg.answer_tokens
     return (window - overhead) / (cfg.train_length * (1 + tasks.LENGTH_TOLERANCE))
 
 
