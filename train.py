@@ -73,21 +73,23 @@ class TrainConfig:
     model: str = "tiny"  # model preset (model.PRESETS)
     init_from: str = ""  # HF Qwen2 directory (or one of our checkpoints): skip the warm start
     baseline: bool = False  # train the full-attention baseline instead of the agent (no RL)
-    task: str = "niah_multikey"  # memagent.tasks.TASKS
+    task: str = "niah_multikey_short"  # memagent.tasks.TASKS
     data: str = ""  # a JSONL of samples (or HotpotQA .json) instead of generated tasks
     train_length: int = 384  # training document length in tokens
     n_docs: int = 0  # hotpot_synth: document count instead of a token length
     vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
     # agent geometry
     chunk_tokens: int = 96
-    memory_tokens: int = 16  # room for one " key: value." note (13 tokens) and the stop id
+    memory_tokens: int = 8  # room for one " key: value." note (5 tokens) and the stop id
     answer_tokens: int = 16
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
     # warm start (supervised)
     sft_steps: int = 500
-    sft_batch: int = 4  # samples per step (each gives K+1 conversations)
-    sft_lr: float = 6e-3
+    sft_batch: int = 8  # samples per step (each gives K+1 conversations)
+    sft_lr: float = 3e-3
+    short_chunk_steps: int = 300  # the first warm-start steps read chunks of short_chunk tokens
+    short_chunk: int = 32  # (a copy curriculum: see warm_start); 0 = off
     # RL (DAPO)
     rl_steps: int = 60
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
@@ -135,7 +137,7 @@ RECIPES = {
                   chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192,
                   group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,
                   warmup_steps=20, weight_decay=0.01, clip_high=0.28, dynamic_sampling=True,
-                  kl_coef=0.0, adv_std=True, rl_steps=400, sft_steps=0, dtype="bfloat16",
+                  kl_coef=0.0, adv_std=True, rl_steps=400, sft_steps=0, short_chunk=0, dtype="bfloat16",
                   grad_ckpt=True, eval_n=128, save_every=10),
 }
 # the shipped MemAgent scripts: eps_high 0.20, KL 0.001 (k3), no std division, no dynamic sampling
@@ -482,7 +484,7 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
 def supervised(cfg, model, conversations_of, label):
     """cfg.sft_steps AdamW steps of cross-entropy on reply tokens only (the prompt carries no loss).
 
-    conversations_of(index, rng) gives the [(prompt_ids, reply_ids)] of training sample `index`;
+    conversations_of(index, rng, step) gives the [(prompt_ids, reply_ids)] of training sample `index`;
     each step takes cfg.sft_batch samples (shared out over ranks), the loss is the global token mean.
     Learning rate: linear warm-up, then cosine down to 10%.
     """
@@ -498,7 +500,7 @@ def supervised(cfg, model, conversations_of, label):
             group["lr"] = lr
         convs = []
         for i in range(per_rank):
-            convs += conversations_of(SFT_SEED + (step * WORLD + RANK) * per_rank + i, rng)
+            convs += conversations_of(SFT_SEED + (step * WORLD + RANK) * per_rank + i, rng, step)
         n_tokens = all_sum([sum(len(r) for _, r in convs)])[0]  # global token-mean
         loss_sum = 0.0
         for m in range(0, len(convs), cfg.micro_batch):
@@ -522,10 +524,38 @@ def supervised(cfg, model, conversations_of, label):
     model.eval()
 
 
+def curriculum_conversations(cfg, tokenizer, data, index, rng, step):
+    """Warm-start conversations of training sample `index` at warm-start step `step`: before
+    cfg.short_chunk_steps, the sample at short_chunk / chunk_tokens of the training length read in
+    chunks of cfg.short_chunk tokens (as many chunks and needles, a third of the tokens); after,
+    the training geometry itself. A user's data file is never shrunk (only generated tasks are)."""
+    if step < cfg.short_chunk_steps and 0 < cfg.short_chunk < cfg.chunk_tokens and data is None:
+        short = dataclasses.replace(cfg, chunk_tokens=cfg.short_chunk)
+        sample = get_sample(cfg, tokenizer, data, index, scale=cfg.short_chunk / cfg.chunk_tokens)
+        return warm_start_conversations(sample, tokenizer, short, rng)
+    return warm_start_conversations(get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng)
+
+
 def warm_start(cfg, model, tokenizer, data):
-    """Supervised training on warm_start_conversations (question-agnostic memory targets)."""
-    supervised(cfg, model, lambda index, rng: warm_start_conversations(
-        get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng), "warm start")
+    """Supervised training on warm_start_conversations (question-agnostic memory targets).
+
+    A copy curriculum: the first cfg.short_chunk_steps steps run the same agent at a smaller scale:
+    chunks of cfg.short_chunk tokens (32) instead of cfg.chunk_tokens (96), documents shrunk by the
+    same factor (same number of chunks and needles, so most chunks hold a needle).
+
+    Why: a from-scratch model has no attention head that finds a needle and copies it. With
+    ~130-token prompts it sits for hundreds of steps writing the format around the most common
+    key and digit (attention spread over every position gives almost no gradient toward the
+    right one). Short prompts shorten that plateau, and the copy carries over to long ones
+    (measured in README "Training results").
+    """
+    def conversations_of(index, rng, step):
+        return curriculum_conversations(cfg, tokenizer, data, index, rng, step)
+
+    if 0 < cfg.short_chunk < cfg.chunk_tokens and cfg.short_chunk_steps:
+        print0(f"warm start: chunks of {cfg.short_chunk} tokens for {min(cfg.short_chunk_steps, cfg.sft_steps)} "
+               f"steps, then {cfg.chunk_tokens}")
+    supervised(cfg, model, conversations_of, "warm start")
 
 
 # -----------------------------------------------------------------------------
@@ -547,7 +577,7 @@ def train_baseline(cfg, model, tokenizer, data):
     compact = cfg.prompts == "compact"
     top = max(1.0, baseline_max_scale(cfg, model, tokenizer)) if data is None else 1.0
 
-    def conversations_of(index, rng):
+    def conversations_of(index, rng, step):
         sample = get_sample(cfg, tokenizer, data, index, scale=rng.uniform(1.0, top))
         prompt = direct_turn_ids(tokenizer, tokenizer.encode(sample["question"]),
                                  tokenizer.encode(sample["context"]), compact)

@@ -8,6 +8,7 @@ the task, and that choice lives in one table, REWARD_KIND:
     niah_single_noise    exact   1 if the boxed answer equals a reference after normalization
     niah_single_prose    exact
     niah_multikey        exact
+    niah_multikey_short  exact
     hotpot_synth         exact
     hotpotqa             exact
     niah_multivalue      all     fraction of the references found inside the boxed answer
@@ -25,6 +26,7 @@ REWARD_KIND = {
     "niah_single_noise": "exact",
     "niah_single_prose": "exact",
     "niah_multikey": "exact",
+    "niah_multikey_short": "exact",
     "hotpot_synth": "exact",
     "hotpotqa": "exact",
     "niah_multivalue": "all",

@@ -276,14 +276,22 @@ def _and_list(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queries=1):
-    """General RULER needle task: n_keys keys in the text, n_values values each, n_queries asked."""
+def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queries=1, short=False):
+    """General RULER needle task: n_keys keys in the text, n_values values each, n_queries asked.
+
+    short=True: one-word keys ("icy") and one-digit values ("7") instead of "icy-zebra" and
+    "7368886", so a needle is copied with 2 tokens instead of 10 (see niah_multikey_short).
+    """
     count = _TokenCounter(tokenizer)
 
     def build(budget):
         rng = random.Random(seed)
-        keys = _distinct(rng, n_keys, _random_key)
-        values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(1_000_000, 9_999_999)))
+        if short:
+            keys = _distinct(rng, n_keys, lambda r: r.choice(_KEY_ADJECTIVES))
+            values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(0, 9)))
+        else:
+            keys = _distinct(rng, n_keys, _random_key)
+            values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(1_000_000, 9_999_999)))
         needles = [(keys[i // n_values], values[i]) for i in range(len(values))]
         asked = keys[:n_queries]
         inserts = [(rng.random(), NEEDLE.format(key=k, value=v), (k, v)) for k, v in needles]
@@ -291,7 +299,9 @@ def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queri
         if fixed >= budget:
             raise ValueError(f"{task}: length {length} is too small, the needles alone take "
                              f"{fixed} tokens")
-        stream = _noise_stream() if haystack == "noise" else _prose_stream(rng)
+        # one-word keys are common words: keep them (and digits) out of the filler text
+        stream = (_noise_stream() if haystack == "noise"
+                  else _prose_stream(rng, forbidden=keys if short else ()))
         context, spans = _assemble(_take_until(stream, budget - fixed, count), inserts)
         if n_queries > 1:
             question = (f"What are all the special magic numbers for {_and_list(asked)} "
@@ -321,6 +331,15 @@ def niah_single_prose(length, seed, tokenizer):
 
 def niah_multikey(length, seed, tokenizer):
     return _niah(length, seed, tokenizer, "niah_multikey", haystack="prose", n_keys=4)
+
+
+def niah_multikey_short(length, seed, tokenizer):
+    """niah_multikey sized for a from-scratch 1M-parameter model (the CPU default of train.py):
+    4 needles "One of the special magic numbers for icy is: 7.", one asked. Copying a 7-digit
+    value with repeated digits is beyond what such a model learns in minutes; one word and one
+    digit are not, and choosing WHICH needle to keep is just as hard as with long values."""
+    return _niah(length, seed, tokenizer, "niah_multikey_short", haystack="prose", n_keys=4,
+                 short=True)
 
 
 def niah_multivalue(length, seed, tokenizer):
@@ -584,6 +603,7 @@ TASKS = {
     "niah_single_noise": niah_single_noise,
     "niah_single_prose": niah_single_prose,
     "niah_multikey": niah_multikey,
+    "niah_multikey_short": niah_multikey_short,
     "niah_multivalue": niah_multivalue,
     "niah_multiquery": niah_multiquery,
     "vt": variable_tracking,

@@ -34,7 +34,7 @@ class WordTokenizer:
 
 
 def test_task_table():
-    assert sorted(TASKS) == sorted(NIAH + ["vt", "hotpot_synth"])
+    assert sorted(TASKS) == sorted(NIAH + ["niah_multikey_short", "vt", "hotpot_synth"])
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -376,3 +376,21 @@ def test_cli_module_with_hotpotqa(tok, tmp_path):
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert [s["n_docs"] for s in load_jsonl(out)] == [5, 5]
+
+
+def test_niah_multikey_short(tok):
+    """One-word keys, one-digit values; keys and digits appear nowhere but in their needles."""
+    for seed in range(20):
+        s = make_sample("niah_multikey_short", 384, seed=seed, tokenizer=tok)
+        ctx, needles = s["context"], s["needles"]
+        keys = [n["key"] for n in needles]
+        values = [n["value"] for n in needles]
+        assert len(set(keys)) == len(set(values)) == 4
+        assert all(k in tasks._KEY_ADJECTIVES for k in keys)
+        assert all(re.fullmatch(r"\d", v) for v in values)
+        assert len(re.findall(r"\d", ctx)) == 4  # the four values and no other digit
+        for n in needles:
+            assert ctx[n["start"]:n["end"]] == NEEDLE.format(key=n["key"], value=n["value"])
+            assert len(re.findall(r"\b%s\b" % n["key"], ctx, flags=re.I)) == 1
+        (asked,) = [k for k in keys if re.search(r"\b%s\b" % k, s["question"])]
+        assert s["answers"] == [values[keys.index(asked)]]

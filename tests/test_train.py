@@ -1,5 +1,6 @@
 """Tests of train.py: recipes and flags, clear errors, the warm start's targets, the scoring forward,
 and the whole pipeline on the tiny model (smoke run, exact resume, NaN stop, 2-process gloo DDP)."""
+import dataclasses
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import torch
 
 import dapo
 import train
+from rollout import chunk_ids
 from memagent import tasks
 from memagent.tokenizer import get_tokenizer
 from model import Qwen2, config_from_preset
@@ -130,6 +132,29 @@ def test_warm_start_targets_are_question_agnostic(tok_dir):
         assert final == ("\\boxed{%s}" % sample["answers"][0] if asked_kept else "\\boxed{unknown}")
         hits += asked_kept
     assert 0.25 < hits / n < 0.65, hits / n  # 2 of the 4 needles kept, uniformly (minus cut needles)
+
+
+def test_copy_curriculum_shrinks_chunks_and_documents_then_stops(tok_dir):
+    """Before --short-chunk-steps the warm start reads the same number of chunks at a third of the
+    size (documents of 128 tokens in chunks of 32); from then on the training geometry (384 / 96);
+    the curriculum only shrinks generated tasks, and is off when --short-chunk is 0."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--prompts", "compact"])  # cpu-demo: 384 tokens, chunk 96, short 32
+    assert (cfg.train_length, cfg.chunk_tokens, cfg.short_chunk) == (384, 96, 32)
+    for step, doc_tokens, chunk in ((0, 128, 32), (cfg.short_chunk_steps - 1, 128, 32),
+                                    (cfg.short_chunk_steps, 384, 96)):
+        convs = train.curriculum_conversations(cfg, tok, None, 7, random.Random(0), step)
+        sample = train.get_sample(cfg, tok, None, 7, scale=doc_tokens / 384)
+        chunks = chunk_ids(tok.encode(sample["context"]), chunk)
+        assert len(convs) == len(chunks) + 1 and len(chunks[0]) == chunk
+        assert abs(len(tok.encode(sample["context"])) - doc_tokens) <= 0.02 * doc_tokens
+        assert convs[:-1] == train.warm_start_conversations(
+            sample, tok, dataclasses.replace(cfg, chunk_tokens=chunk), random.Random(0))[:-1]
+        for (prompt, _), c in zip(convs, chunks):  # each memory turn reads its own chunk
+            assert any(prompt[i:i + len(c)] == c for i in range(len(prompt)))
+    off = dataclasses.replace(cfg, short_chunk=0)
+    assert train.curriculum_conversations(off, tok, None, 7, random.Random(0), 0) == \
+        train.curriculum_conversations(cfg, tok, None, 7, random.Random(0), cfg.short_chunk_steps)
 
 
 def test_memory_note_tokenizes_like_the_needle_text(tok_dir):
