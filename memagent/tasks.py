@@ -299,7 +299,7 @@ def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queri
         if fixed >= budget:
             raise ValueError(f"{task}: length {length} is too small, the needles alone take "
                              f"{fixed} tokens")
-        # one-word keys are common words: keep them (and digits) out of the filler text
+        # one-word keys are common words: keep them out of the filler (which has no digits)
         stream = (_noise_stream() if haystack == "noise"
                   else _prose_stream(rng, forbidden=keys if short else ()))
         context, spans = _assemble(_take_until(stream, budget - fixed, count), inserts)
