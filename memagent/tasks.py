@@ -256,6 +256,11 @@ _KEY_NOUNS = (
     "nectar orchid parrot quartz ribbon spruce tulip urchin velvet willow yak zebra").split()
 
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
+# niah_multikey_short: a 7-token needle, a one-token key (a word our tokenizer keeps whole)
+SHORT_NEEDLE = "The {key} number is {value}."
+SHORT_QUESTION = "What is the {key} number?"
+SHORT_KEYS = ("black white pink soft slow wild bold new quick calm clean simple red blue cold "
+              "dark").split()
 
 
 def _random_key(rng):
@@ -279,22 +284,29 @@ def _and_list(names):
 def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queries=1, short=False):
     """General RULER needle task: n_keys keys in the text, n_values values each, n_queries asked.
 
-    short=True: one-word keys ("icy") and one-digit values ("7") instead of "icy-zebra" and
-    "7368886", so a needle is copied with 2 tokens instead of 10 (see niah_multikey_short).
+    short=True: SHORT_NEEDLE / SHORT_QUESTION with one-token keys ("bold") and one-digit values
+    ("7") instead of "icy-zebra" and "7368886", and needles spread over the document (one per
+    n-th of it) instead of at uniform random depths (see niah_multikey_short).
     """
     count = _TokenCounter(tokenizer)
+    template = SHORT_NEEDLE if short else NEEDLE
 
     def build(budget):
         rng = random.Random(seed)
         if short:
-            keys = _distinct(rng, n_keys, lambda r: r.choice(_KEY_ADJECTIVES))
+            keys = _distinct(rng, n_keys, lambda r: r.choice(SHORT_KEYS))
             values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(0, 9)))
         else:
             keys = _distinct(rng, n_keys, _random_key)
             values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(1_000_000, 9_999_999)))
         needles = [(keys[i // n_values], values[i]) for i in range(len(values))]
         asked = keys[:n_queries]
-        inserts = [(rng.random(), NEEDLE.format(key=k, value=v), (k, v)) for k, v in needles]
+        if short:  # spread out: needle i in its own stretch perm[i] of n equal stretches, off its ends
+            perm = rng.sample(range(len(needles)), len(needles))
+            depths = [(perm[i] + 0.1 + 0.8 * rng.random()) / len(needles) for i in range(len(needles))]
+        else:
+            depths = [rng.random() for _ in needles]
+        inserts = [(d, template.format(key=k, value=v), (k, v)) for d, (k, v) in zip(depths, needles)]
         fixed = sum(count(" " + text) for _, text, _ in inserts)
         if fixed >= budget:
             raise ValueError(f"{task}: length {length} is too small, the needles alone take "
@@ -303,7 +315,9 @@ def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queri
         stream = (_noise_stream() if haystack == "noise"
                   else _prose_stream(rng, forbidden=keys if short else ()))
         context, spans = _assemble(_take_until(stream, budget - fixed, count), inserts)
-        if n_queries > 1:
+        if short:
+            question = SHORT_QUESTION.format(key=asked[0])
+        elif n_queries > 1:
             question = (f"What are all the special magic numbers for {_and_list(asked)} "
                         "mentioned in the text?")
         elif n_values > 1:
@@ -335,9 +349,10 @@ def niah_multikey(length, seed, tokenizer):
 
 def niah_multikey_short(length, seed, tokenizer):
     """niah_multikey sized for a from-scratch 1M-parameter model (the CPU default of train.py):
-    4 needles "One of the special magic numbers for icy is: 7.", one asked. Copying a 7-digit
-    value with repeated digits is beyond what such a model learns in minutes; one word and one
-    digit are not, and choosing WHICH needle to keep is just as hard as with long values."""
+    4 needles "The bold number is 7.", one per quarter of the document, one asked ("What is the
+    bold number?"). Copying a 7-digit value with repeated digits is beyond what such a model
+    learns in minutes; a one-token key and one digit are not, and choosing WHICH needle to keep
+    is just as hard as with long values."""
     return _niah(length, seed, tokenizer, "niah_multikey_short", haystack="prose", n_keys=4,
                  short=True)
 

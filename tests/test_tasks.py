@@ -379,18 +379,28 @@ def test_cli_module_with_hotpotqa(tok, tmp_path):
 
 
 def test_niah_multikey_short(tok):
-    """One-word keys, one-digit values; keys and digits appear nowhere but in their needles."""
-    for seed in range(20):
+    """One-token keys, one-digit values; keys and digits appear nowhere but in their needles;
+    the four needles are spread out, one per quarter of the document (uniform random depths would
+    manage that in 4!/4^4 = 9% of documents)."""
+    spread = 0
+    for seed in range(100):
         s = make_sample("niah_multikey_short", 384, seed=seed, tokenizer=tok)
         ctx, needles = s["context"], s["needles"]
         keys = [n["key"] for n in needles]
         values = [n["value"] for n in needles]
         assert len(set(keys)) == len(set(values)) == 4
-        assert all(k in tasks._KEY_ADJECTIVES for k in keys)
+        assert all(k in tasks.SHORT_KEYS for k in keys)
         assert all(re.fullmatch(r"\d", v) for v in values)
         assert len(re.findall(r"\d", ctx)) == 4  # the four values and no other digit
         for n in needles:
-            assert ctx[n["start"]:n["end"]] == NEEDLE.format(key=n["key"], value=n["value"])
+            assert ctx[n["start"]:n["end"]] == tasks.SHORT_NEEDLE.format(key=n["key"], value=n["value"])
             assert len(re.findall(r"\b%s\b" % n["key"], ctx, flags=re.I)) == 1
         (asked,) = [k for k in keys if re.search(r"\b%s\b" % k, s["question"])]
+        assert s["question"] == tasks.SHORT_QUESTION.format(key=asked)
         assert s["answers"] == [values[keys.index(asked)]]
+        depths = sorted(n["depth"] for n in needles)
+        assert min(b - a for a, b in zip(depths, depths[1:])) > 0.02
+        spread += [int(4 * d) for d in depths] == [0, 1, 2, 3]
+    assert spread >= 95, spread
+    # every key is one token of our tokenizer, with the leading space it has in the text
+    assert all(len(tok.encode(" " + k)) == 1 for k in tasks.SHORT_KEYS)
