@@ -80,11 +80,12 @@ class TrainConfig:
     vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
     # agent geometry
     chunk_tokens: int = 96
-    memory_tokens: int = 8  # room for one " key: value." note (5 tokens) and the stop id
+    memory_tokens: int = 4  # room for one " 7." note (3 tokens) and the stop id
     answer_tokens: int = 16
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
     # warm start (supervised)
+    notes: str = "value"  # how the warm start writes a needle into memory: value " 7." | keyed " bold: 7."
     sft_steps: int = 500
     sft_batch: int = 8  # samples per step (each gives K+1 conversations)
     sft_lr: float = 3e-3
@@ -129,7 +130,7 @@ RECIPES = {
     # the default: tiny model, 4 needles (1 asked, 3 distractors), memory room for one needle
     "cpu-demo": {},
     # a few seconds: the tests' pipeline
-    "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, sft_steps=4,
+    "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed", sft_steps=4,
                   sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
                   dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1),
     # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
@@ -184,6 +185,8 @@ def parse_args(argv=None):
         parser.error(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
     if cfg.prompts not in ("auto", "compact", "full"):
         parser.error(f"--prompts must be auto, compact or full, not {cfg.prompts!r}")
+    if cfg.notes not in ("value", "keyed"):
+        parser.error(f"--notes must be value or keyed, not {cfg.notes!r}")
     if cfg.loss_agg not in dapo.AGG_MODES:
         parser.error(f"unknown --loss-agg {cfg.loss_agg!r}; choose one of {', '.join(dapo.AGG_MODES)}")
     if cfg.data and not os.path.exists(cfg.data):
@@ -411,25 +414,29 @@ def find_ids(ids_bytes, pattern):
     return None if at == -1 else at // 4
 
 
-def memory_note(needle):
-    """How the warm start writes a needle into memory: a short note, " key: value."
+def memory_note(needle, keyed=True):
+    """How the warm start writes a needle into memory: a short note, " key: value." or " value."
 
     >>> memory_note({"key": "icy-zebra", "value": "7368886"})
     ' icy-zebra: 7368886.'
+    >>> memory_note({"key": "bold", "value": "7"}, keyed=False)
+    ' 7.'
 
     The leading space makes the key tokenize as it does inside the text (" icy" not "ic" "y"), so
     writing the note is pure copying; 13 tokens instead of the needle sentence's 21.
     """
-    return f" {needle['key']}: {needle['value']}."
+    return f" {needle['key']}: {needle['value']}." if keyed else f" {needle['value']}."
 
 
-def sample_facts(sample, tokenizer, chunks):
+def sample_facts(sample, tokenizer, chunks, keyed=True):
     """For each chunk, the notes of the facts lying wholly inside it: memory_note of each needle for
     NIAH tasks; for other tasks, every sentence of the context. A fact cut by a chunk boundary is
     in no chunk (the agent cannot see it whole either).
     """
     if sample.get("needles"):
-        facts = [(tasks.NEEDLE.format(key=n["key"], value=n["value"]), memory_note(n)) for n in sample["needles"]]
+        facts = [(sample["context"][n["start"]:n["end"]] if "start" in n
+                  else tasks.NEEDLE.format(key=n["key"], value=n["value"]), memory_note(n, keyed))
+                 for n in sample["needles"]]
     else:
         sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", sample["context"]) if s.strip()]
         facts = [(s, " " + s) for s in sentences]
@@ -450,13 +457,15 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
     """[(prompt_ids, reply_ids)] for one sample: its K memory turns and the final turn.
 
     Memory turns: reservoir sampling over the notes seen so far, as many as fit the memory budget,
-    whatever the question asks. Final turn: the asked value(s) if the memory holds them, else
-    "unknown": the warm start learns to answer from its memory, never which notes to keep.
+    whatever the question asks. Final turn: keyed notes (" bold: 7.") box the asked value(s) if the
+    memory holds them, else "unknown"; value notes (" 7.", cfg.notes="value") carry no key to check,
+    so it boxes what the memory holds. Either way the warm start learns to answer from its memory,
+    never which notes to keep.
     """
     compact = agent_config(cfg, 1.0).compact_prompts
     problem = tokenizer.encode(sample["question"])
     chunks = chunk_ids(tokenizer.encode(sample["context"]), cfg.chunk_tokens)
-    facts = sample_facts(sample, tokenizer, chunks)
+    facts = sample_facts(sample, tokenizer, chunks, keyed=cfg.notes == "keyed")
     note_len = max([len(tokenizer.encode(f)) for fs in facts for f in fs] or [1])
     capacity = max(1, (cfg.memory_tokens - 1) // note_len)  # notes the memory can hold (+ the stop id)
     memory, seen, convs = [], 0, []
@@ -476,6 +485,8 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
     text = "".join(memory)
     found = [a for a in sample["answers"] if a in text]
     answer = ", ".join(found) if found else "unknown"
+    if cfg.notes == "value" and sample.get("needles"):  # no key to check: answer what memory holds
+        answer = ", ".join(note.strip(" .") for note in memory) or "unknown"
     convs.append((final_turn_ids(tokenizer, problem, memory_ids, compact),
                   tokenizer.render_reply(f"\\boxed{{{answer}}}")[:cfg.answer_tokens]))
     return convs

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -132,6 +133,33 @@ def test_warm_start_targets_are_question_agnostic(tok_dir):
         assert final == ("\\boxed{%s}" % sample["answers"][0] if asked_kept else "\\boxed{unknown}")
         hits += asked_kept
     assert 0.25 < hits / n < 0.65, hits / n  # 2 of the 4 needles kept, uniformly (minus cut needles)
+
+
+def test_value_notes_keep_a_seen_digit_whatever_the_question(tok_dir):
+    """The CPU default (--notes value, memory 4 tokens): each memory is " d." for the digit of one
+    needle already read (the digit of a needle in this chunk or an earlier one), the same whatever
+    the question, and the final turn boxes that digit; the kept needle is uniform, so the asked one
+    is kept ~1/4 of the time."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--prompts", "compact", "--short-chunk", "0"])
+    assert (cfg.notes, cfg.memory_tokens, cfg.task) == ("value", 4, "niah_multikey_short")
+    hits, n = 0, 80
+    for i in range(n):
+        sample = tasks.make_sample(cfg.task, cfg.train_length, 2000 + i, tok)
+        other = dict(sample, question=tasks.SHORT_QUESTION.format(key="zzz"))
+        convs = train.warm_start_conversations(sample, tok, cfg, random.Random(i))
+        replies = [r for _, r in convs]  # prompts differ by the question, replies must not
+        assert replies == [r for _, r in train.warm_start_conversations(other, tok, cfg, random.Random(i))]
+        chunks = chunk_ids(tok.encode(sample["context"]), cfg.chunk_tokens)
+        memories = [tok.decode(r[:-1]) for r in replies[:-1]]
+        for k, memory in enumerate(memories):
+            read = tok.decode([t for c in chunks[:k + 1] for t in c])
+            digits = re.findall(r"number is (\d)\.", read)
+            assert memory == ("None." if not digits else " %s." % memory.strip(" .")), memory
+            assert memory == "None." or memory.strip(" .") in digits
+        assert tok.decode(replies[-1][:-1]) == "\\boxed{%s}" % memories[-1].strip(" .")
+        hits += memories[-1].strip(" .") == sample["answers"][0]
+    assert 0.12 < hits / n < 0.40, hits / n
 
 
 def test_copy_curriculum_shrinks_chunks_and_documents_then_stops(tok_dir):
