@@ -130,8 +130,8 @@ RECIPES = {
     # the default: tiny model, 4 needles (1 asked, 3 distractors), memory room for one needle
     "cpu-demo": {},
     # a few seconds: the tests' pipeline
-    "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed", sft_steps=4,
-                  sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
+    "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed",
+                  sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
                   dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1),
     # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
     "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
@@ -482,11 +482,11 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
         reply = reply[:cfg.memory_tokens]
         convs.append((prompt, reply))
         memory_ids = reply[:-1] if reply[-1] == tokenizer.im_end_id else reply
-    text = "".join(memory)
-    found = [a for a in sample["answers"] if a in text]
-    answer = ", ".join(found) if found else "unknown"
     if cfg.notes == "value" and sample.get("needles"):  # no key to check: answer what memory holds
-        answer = ", ".join(note.strip(" .") for note in memory) or "unknown"
+        found = [note.strip(" .") for note in memory]
+    else:
+        found = [a for a in sample["answers"] if a in "".join(memory)]
+    answer = ", ".join(found) if found else "unknown"
     convs.append((final_turn_ids(tokenizer, problem, memory_ids, compact),
                   tokenizer.render_reply(f"\\boxed{{{answer}}}")[:cfg.answer_tokens]))
     return convs

@@ -155,8 +155,10 @@ def test_value_notes_keep_a_seen_digit_whatever_the_question(tok_dir):
         for k, memory in enumerate(memories):
             read = tok.decode([t for c in chunks[:k + 1] for t in c])
             digits = re.findall(r"number is (\d)\.", read)
-            assert memory == ("None." if not digits else " %s." % memory.strip(" .")), memory
-            assert memory == "None." or memory.strip(" .") in digits
+            if not digits:
+                assert memory == "None.", memory
+            else:
+                assert re.fullmatch(r" \d\.", memory) and memory[1] in digits, memory
         assert tok.decode(replies[-1][:-1]) == "\\boxed{%s}" % memories[-1].strip(" .")
         hits += memories[-1].strip(" .") == sample["answers"][0]
     assert 0.12 < hits / n < 0.40, hits / n
