@@ -9,6 +9,7 @@ the task, and that choice lives in one table, REWARD_KIND:
     niah_single_prose    exact
     niah_multikey        exact
     niah_multikey_short  exact
+    niah_first_last      exact
     hotpot_synth         exact
     hotpotqa             exact
     niah_multivalue      all     fraction of the references found inside the boxed answer
@@ -27,6 +28,7 @@ REWARD_KIND = {
     "niah_single_prose": "exact",
     "niah_multikey": "exact",
     "niah_multikey_short": "exact",
+    "niah_first_last": "exact",
     "hotpot_synth": "exact",
     "hotpotqa": "exact",
     "niah_multivalue": "all",

@@ -357,6 +357,40 @@ def niah_multikey_short(length, seed, tokenizer):
                  short=True)
 
 
+def niah_first_last(length, seed, tokenizer):
+    """niah_multikey_short's documents (4 needles "The bold number is 7.", one per quarter, four
+    different digits), but the question asks by ORDER: "What is the first number?" or "What is the
+    last number?" (half each, by seed). The memory holds one value, so the agent must keep the
+    first needle it meets, or overwrite at every needle, depending on the question.
+
+    Why this is the CPU default and not niah_multikey_short: choosing the needle whose key equals
+    the asked key is an equality test (an XOR of two inputs: neither the question alone nor the
+    needle alone says keep or drop), which gives gradient descent no first-order signal; a
+    from-scratch 1M-parameter model stays at chance on it for hundreds of fully supervised steps
+    (README, Training results). Here the question alone decides the rule, which such a model
+    learns in minutes, and the choice is still one RL must learn: the warm start keeps a random
+    needle.
+    """
+    context, meta, n_tokens = niah_multikey_short(length, seed, tokenizer)
+    order = sorted(meta["needles"], key=lambda n: n["start"])
+    which = "first" if random.Random(seed).random() < 0.5 else "last"
+    needle = order[0] if which == "first" else order[-1]
+    return context, dict(meta, question=f"What is the {which} number?", answers=[needle["value"]]), n_tokens
+
+
+def asked_word(question: str) -> str | None:
+    """The word a short-needle question asks about, or None for any other question.
+
+    >>> asked_word("What is the bold number?"), asked_word("What is the last number?"), asked_word("Who?")
+    ('bold', 'last', None)
+    """
+    match = re.fullmatch(r"What is the (\w+) number\?", question)
+    return match.group(1) if match else None
+
+
+SHORT_TASKS = ("niah_multikey_short", "niah_first_last")  # questions asked_word understands
+
+
 def niah_multivalue(length, seed, tokenizer):
     return _niah(length, seed, tokenizer, "niah_multivalue", haystack="prose", n_values=4)
 
@@ -619,6 +653,7 @@ TASKS = {
     "niah_single_prose": niah_single_prose,
     "niah_multikey": niah_multikey,
     "niah_multikey_short": niah_multikey_short,
+    "niah_first_last": niah_first_last,
     "niah_multivalue": niah_multivalue,
     "niah_multiquery": niah_multiquery,
     "vt": variable_tracking,
