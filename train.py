@@ -73,13 +73,13 @@ class TrainConfig:
     model: str = "tiny"  # model preset (model.PRESETS)
     init_from: str = ""  # HF Qwen2 directory (or one of our checkpoints): skip the warm start
     baseline: bool = False  # train the full-attention baseline instead of the agent (no RL)
-    task: str = "niah_multikey_short"  # memagent.tasks.TASKS
+    task: str = "niah_first_last"  # memagent.tasks.TASKS
     data: str = ""  # a JSONL of samples (or HotpotQA .json) instead of generated tasks
     train_length: int = 384  # training document length in tokens
     n_docs: int = 0  # hotpot_synth: document count instead of a token length
     vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
     # agent geometry
-    chunk_tokens: int = 96
+    chunk_tokens: int = 48  # 8 chunks of a 384-token document: half hold a needle, half none
     memory_tokens: int = 4  # room for one " 7." note (3 tokens) and the stop id
     answer_tokens: int = 16
     window: int = 0  # positions the agent may use; 0 = the model's maximum
@@ -90,14 +90,14 @@ class TrainConfig:
     sft_batch: int = 8  # samples per step (each gives K+1 conversations)
     sft_lr: float = 3e-3
     short_chunk_steps: int = 300  # the first warm-start steps read chunks of short_chunk tokens
-    short_chunk: int = 32  # (a copy curriculum: see warm_start); 0 = off
+    short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
     # RL (DAPO)
     rl_steps: int = 60
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
     group_size: int = 8  # rollouts per prompt
     mini_batches: int = 2  # optimizer steps per rollout batch
     micro_batch: int = 64  # conversations per forward/backward
-    lr: float = 3e-4
+    lr: float = 1e-3
     warmup_steps: int = 4  # optimizer steps of linear warm-up, then constant
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -127,7 +127,7 @@ class TrainConfig:
 
 
 RECIPES = {
-    # the default: tiny model, 4 needles (1 asked, 3 distractors), memory room for one needle
+    # the default: tiny model, 4 needles, the first or the last asked, memory room for one value
     "cpu-demo": {},
     # a few seconds: the tests' pipeline
     "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed",
@@ -185,8 +185,11 @@ def parse_args(argv=None):
         parser.error(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
     if cfg.prompts not in ("auto", "compact", "full"):
         parser.error(f"--prompts must be auto, compact or full, not {cfg.prompts!r}")
-    if cfg.notes not in ("value", "keyed"):
-        parser.error(f"--notes must be value or keyed, not {cfg.notes!r}")
+    if cfg.notes not in ("value", "keyed", "restate"):
+        parser.error(f"--notes must be value, keyed or restate, not {cfg.notes!r}")
+    if cfg.notes == "restate" and (cfg.data or cfg.task not in tasks.SHORT_TASKS):
+        parser.error(f"--notes restate needs one of the tasks {', '.join(tasks.SHORT_TASKS)} (their "
+                     "questions name one word to restate); use --notes keyed or value")
     if cfg.loss_agg not in dapo.AGG_MODES:
         parser.error(f"unknown --loss-agg {cfg.loss_agg!r}; choose one of {', '.join(dapo.AGG_MODES)}")
     if cfg.data and not os.path.exists(cfg.data):
@@ -414,28 +417,39 @@ def find_ids(ids_bytes, pattern):
     return None if at == -1 else at // 4
 
 
-def memory_note(needle, keyed=True):
-    """How the warm start writes a needle into memory: a short note, " key: value." or " value."
+def memory_note(needle, notes="keyed", asked=None):
+    """How the warm start writes a needle into memory (cfg.notes): a short note that names what
+    it is about, then the needle's value.
 
     >>> memory_note({"key": "icy-zebra", "value": "7368886"})
     ' icy-zebra: 7368886.'
-    >>> memory_note({"key": "bold", "value": "7"}, keyed=False)
+    >>> memory_note({"key": "bold", "value": "7"}, "value")
     ' 7.'
+    >>> memory_note({"key": "bold", "value": "7"}, "restate", asked="last")
+    ' last: 7.'
 
-    The leading space makes the key tokenize as it does inside the text (" icy" not "ic" "y"), so
-    writing the note is pure copying; 13 tokens instead of the needle sentence's 21.
+    keyed: the needle's own key. value: the value alone. restate: the QUESTION's word (what is
+    asked, not which needle this is), so the note of any needle reads " last: 7." when the
+    question asks for the last number. The leading space makes a key tokenize as it does inside
+    the text (" icy" not "ic" "y"), so writing the note is pure copying.
     """
-    return f" {needle['key']}: {needle['value']}." if keyed else f" {needle['value']}."
+    label = {"keyed": needle["key"], "restate": asked, "value": None}[notes]
+    return f" {label}: {needle['value']}." if label else f" {needle['value']}."
 
 
-def sample_facts(sample, tokenizer, chunks, keyed=True):
+def note_value(note):
+    """The value a note holds: ' last: 7.' -> '7', ' 7.' -> '7', ' icy-zebra: 7368886.' -> '7368886'."""
+    return note.strip().rstrip(".").split(" ")[-1]
+
+
+def sample_facts(sample, tokenizer, chunks, notes="keyed"):
     """For each chunk, the notes of the facts lying wholly inside it: memory_note of each needle for
     NIAH tasks; for other tasks, every sentence of the context. A fact cut by a chunk boundary is
     in no chunk (the agent cannot see it whole either).
     """
     if sample.get("needles"):
         facts = [(sample["context"][n["start"]:n["end"]] if "start" in n
-                  else tasks.NEEDLE.format(key=n["key"], value=n["value"]), memory_note(n, keyed))
+                  else tasks.NEEDLE.format(key=n["key"], value=n["value"]), memory_note(n, notes, tasks.asked_word(sample["question"])))
                  for n in sample["needles"]]
     else:
         sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", sample["context"]) if s.strip()]
@@ -465,7 +479,7 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
     compact = agent_config(cfg, 1.0).compact_prompts
     problem = tokenizer.encode(sample["question"])
     chunks = chunk_ids(tokenizer.encode(sample["context"]), cfg.chunk_tokens)
-    facts = sample_facts(sample, tokenizer, chunks, keyed=cfg.notes == "keyed")
+    facts = sample_facts(sample, tokenizer, chunks, notes=cfg.notes)
     note_len = max([len(tokenizer.encode(f)) for fs in facts for f in fs] or [1])
     capacity = max(1, (cfg.memory_tokens - 1) // note_len)  # notes the memory can hold (+ the stop id)
     memory, seen, convs = [], 0, []
@@ -482,8 +496,8 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
         reply = reply[:cfg.memory_tokens]
         convs.append((prompt, reply))
         memory_ids = reply[:-1] if reply[-1] == tokenizer.im_end_id else reply
-    if cfg.notes == "value" and sample.get("needles"):  # no key to check: answer what memory holds
-        found = [note.strip(" .") for note in memory]
+    if cfg.notes != "keyed" and sample.get("needles"):  # no needle key to check: box what memory holds
+        found = [note_value(note) for note in memory]
     else:
         found = [a for a in sample["answers"] if a in "".join(memory)]
     answer = ", ".join(found) if found else "unknown"
@@ -551,8 +565,8 @@ def warm_start(cfg, model, tokenizer, data):
     """Supervised training on warm_start_conversations (question-agnostic memory targets).
 
     A copy curriculum: the first cfg.short_chunk_steps steps run the same agent at a smaller scale:
-    chunks of cfg.short_chunk tokens (32) instead of cfg.chunk_tokens (96), documents shrunk by the
-    same factor (same number of chunks and needles, so most chunks hold a needle).
+    chunks of cfg.short_chunk tokens (16) instead of cfg.chunk_tokens (48), documents shrunk by the
+    same factor (same number of chunks and needles).
 
     Why: a from-scratch model has no attention head that finds a needle and copies it. With
     ~130-token prompts it sits for hundreds of steps writing the format around the most common

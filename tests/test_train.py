@@ -91,6 +91,8 @@ def test_recipes_and_overrides():
     (["--model", "huge"], "unknown model preset"),
     (["--loss-agg", "mean"], "unknown --loss-agg"),
     (["--data", "/no/such/file.jsonl"], "does not exist"),
+    (["--notes", "long"], "--notes must be"),
+    (["--notes", "restate", "--task", "hotpot_synth"], "--notes restate needs"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -136,13 +138,14 @@ def test_warm_start_targets_are_question_agnostic(tok_dir):
 
 
 def test_value_notes_keep_a_seen_digit_whatever_the_question(tok_dir):
-    """The CPU default (--notes value, memory 4 tokens): each memory is " d." for the digit of one
-    needle already read (the digit of a needle in this chunk or an earlier one), the same whatever
-    the question, and the final turn boxes that digit; the kept needle is uniform, so the asked one
-    is kept ~1/4 of the time."""
+    """--notes value (memory 4 tokens): each memory is " d." for the digit of one needle already
+    read (the digit of a needle in this chunk or an earlier one), the same whatever the question,
+    and the final turn boxes that digit; the kept needle is uniform, so the asked one is kept ~1/4
+    of the time."""
     tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
-    cfg = train.parse_args(["--prompts", "compact", "--short-chunk", "0"])
-    assert (cfg.notes, cfg.memory_tokens, cfg.task) == ("value", 4, "niah_multikey_short")
+    cfg = train.parse_args(["--prompts", "compact", "--short-chunk", "0", "--notes", "value",
+                            "--memory-tokens", "4", "--task", "niah_multikey_short",
+                            "--chunk-tokens", "96"])  # 4 chunks: no needle cut by a boundary
     hits, n = 0, 80
     for i in range(n):
         sample = tasks.make_sample(cfg.task, cfg.train_length, 2000 + i, tok)
@@ -164,15 +167,42 @@ def test_value_notes_keep_a_seen_digit_whatever_the_question(tok_dir):
     assert 0.12 < hits / n < 0.40, hits / n
 
 
+def test_restated_notes_name_the_question_and_keep_a_random_digit(tok_dir):
+    """--notes restate (niah_first_last, memory 6 tokens): each memory is
+    " first: d." / " last: d." with the QUESTION's word and the digit of a needle already read;
+    asking the other question changes the word and nothing else (the kept digit ignores the
+    question), the final turn boxes the kept digit, and the asked needle is kept ~1/4 of the time."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--prompts", "compact", "--short-chunk", "0", "--task", "niah_first_last",
+                            "--notes", "restate", "--memory-tokens", "6", "--chunk-tokens", "96"])
+    hits, n = 0, 80
+    for i in range(n):
+        sample = tasks.make_sample(cfg.task, cfg.train_length, 3000 + i, tok)
+        word = re.fullmatch(r"What is the (first|last) number\?", sample["question"]).group(1)
+        flip = {"first": "last", "last": "first"}[word]
+        other = dict(sample, question=sample["question"].replace(word, flip))
+        replies = [tok.decode(r[:-1]) for _, r in train.warm_start_conversations(sample, tok, cfg, random.Random(i))]
+        flipped = [tok.decode(r[:-1]) for _, r in train.warm_start_conversations(other, tok, cfg, random.Random(i))]
+        assert [m.replace(flip, word) for m in flipped] == replies
+        chunks = chunk_ids(tok.encode(sample["context"]), cfg.chunk_tokens)
+        for k, memory in enumerate(replies[:-1]):
+            digits = re.findall(r"number is (\d)\.", tok.decode([t for c in chunks[:k + 1] for t in c]))
+            assert memory == "None." if not digits else re.fullmatch(r" %s: (\d)\." % word, memory)
+            assert not digits or memory[-2] in digits
+        assert replies[-1] == "\\boxed{%s}" % replies[-2][-2]
+        hits += replies[-2][-2] == sample["answers"][0]
+    assert 0.12 < hits / n < 0.40, hits / n
+
+
 def test_copy_curriculum_shrinks_chunks_and_documents_then_stops(tok_dir):
     """Before --short-chunk-steps the warm start reads the same number of chunks at a third of the
-    size (documents of 128 tokens in chunks of 32); from then on the training geometry (384 / 96);
+    size (documents of 128 tokens in chunks of 16); from then on the training geometry (384 / 48);
     the curriculum only shrinks generated tasks, and is off when --short-chunk is 0."""
     tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
-    cfg = train.parse_args(["--prompts", "compact"])  # cpu-demo: 384 tokens, chunk 96, short 32
-    assert (cfg.train_length, cfg.chunk_tokens, cfg.short_chunk) == (384, 96, 32)
-    for step, doc_tokens, chunk in ((0, 128, 32), (cfg.short_chunk_steps - 1, 128, 32),
-                                    (cfg.short_chunk_steps, 384, 96)):
+    cfg = train.parse_args(["--prompts", "compact"])  # cpu-demo: 384 tokens, chunk 48, short 16
+    assert (cfg.train_length, cfg.chunk_tokens, cfg.short_chunk) == (384, 48, 16)
+    for step, doc_tokens, chunk in ((0, 128, 16), (cfg.short_chunk_steps - 1, 128, 16),
+                                    (cfg.short_chunk_steps, 384, 48)):
         convs = train.curriculum_conversations(cfg, tok, None, 7, random.Random(0), step)
         sample = train.get_sample(cfg, tok, None, 7, scale=doc_tokens / 384)
         chunks = chunk_ids(tok.encode(sample["context"]), chunk)
