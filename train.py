@@ -85,7 +85,7 @@ class TrainConfig:
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
     # warm start (supervised)
-    notes: str = "value"  # how the warm start writes a needle into memory: value " 7." | keyed " bold: 7."
+    notes: str = "value"  # warm-start notes: value " 7." | keyed " bold: 7." | restate " last: 7." (memory_note)
     sft_steps: int = 500
     sft_batch: int = 8  # samples per step (each gives K+1 conversations)
     sft_lr: float = 3e-3
@@ -448,8 +448,9 @@ def sample_facts(sample, tokenizer, chunks, notes="keyed"):
     in no chunk (the agent cannot see it whole either).
     """
     if sample.get("needles"):
+        asked = tasks.asked_word(sample["question"])
         facts = [(sample["context"][n["start"]:n["end"]] if "start" in n
-                  else tasks.NEEDLE.format(key=n["key"], value=n["value"]), memory_note(n, notes, tasks.asked_word(sample["question"])))
+                  else tasks.NEEDLE.format(key=n["key"], value=n["value"]), memory_note(n, notes, asked))
                  for n in sample["needles"]]
     else:
         sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", sample["context"]) if s.strip()]
@@ -472,8 +473,8 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
 
     Memory turns: reservoir sampling over the notes seen so far, as many as fit the memory budget,
     whatever the question asks. Final turn: keyed notes (" bold: 7.") box the asked value(s) if the
-    memory holds them, else "unknown"; value notes (" 7.", cfg.notes="value") carry no key to check,
-    so it boxes what the memory holds. Either way the warm start learns to answer from its memory,
+    memory holds them, else "unknown"; value and restated notes (" 7.", " last: 7.") carry no needle
+    key to check, so it boxes the value the memory holds. Either way the warm start learns to answer from its memory,
     never which notes to keep.
     """
     compact = agent_config(cfg, 1.0).compact_prompts
