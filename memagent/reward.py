@@ -10,6 +10,7 @@ the task, and that choice lives in one table, REWARD_KIND:
     niah_multikey        exact
     niah_multikey_short  exact
     niah_first_last      exact
+    niah_distractors     exact
     hotpot_synth         exact
     hotpotqa             exact
     niah_multivalue      all     fraction of the references found inside the boxed answer
@@ -29,6 +30,7 @@ REWARD_KIND = {
     "niah_multikey": "exact",
     "niah_multikey_short": "exact",
     "niah_first_last": "exact",
+    "niah_distractors": "exact",
     "hotpot_synth": "exact",
     "hotpotqa": "exact",
     "niah_multivalue": "all",

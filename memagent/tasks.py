@@ -267,8 +267,8 @@ def _random_key(rng):
     return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}"
 
 
-def _distinct(rng, n, make):
-    out = []
+def _distinct(rng, n, make, out=()):
+    out = list(out)  # start from these (kept first), add new ones until there are n
     while len(out) < n:
         x = make(rng)
         if x not in out:
@@ -281,12 +281,14 @@ def _and_list(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queries=1, short=False):
+def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queries=1, short=False,
+          asked_key=None):
     """General RULER needle task: n_keys keys in the text, n_values values each, n_queries asked.
 
     short=True: SHORT_NEEDLE / SHORT_QUESTION with one-token keys ("bold") and one-digit values
     ("7") instead of "icy-zebra" and "7368886", and needles spread over the document (one per
     n-th of it) instead of at uniform random depths (see niah_multikey_short).
+    asked_key (short only): the asked key is always this word, the other keys are distractors.
     """
     count = _TokenCounter(tokenizer)
     template = SHORT_NEEDLE if short else NEEDLE
@@ -294,7 +296,7 @@ def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queri
     def build(budget):
         rng = random.Random(seed)
         if short:
-            keys = _distinct(rng, n_keys, lambda r: r.choice(SHORT_KEYS))
+            keys = _distinct(rng, n_keys, lambda r: r.choice(SHORT_KEYS), out=[asked_key] if asked_key else [])
             values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(0, 9)))
         else:
             keys = _distinct(rng, n_keys, _random_key)
@@ -367,15 +369,33 @@ def niah_first_last(length, seed, tokenizer):
     the asked key is an equality test (an XOR of two inputs: neither the question alone nor the
     needle alone says keep or drop), which gives gradient descent no first-order signal; a
     from-scratch 1M-parameter model stays at chance on it for hundreds of fully supervised steps
-    (README, Training results). Here the question alone decides the rule, which such a model
-    learns in minutes, and the choice is still one RL must learn: the warm start keeps a random
-    needle.
+    (README, Training results). Here the question alone decides the rule, and the choice is still
+    one RL must learn: the warm start keeps a random needle. Measured: such a model learns the
+    rule supervised in ~200 steps when the note restates the question's word (--notes restate),
+    not with value notes; from reward, within the CPU budget, it learns only the unconditional
+    "keep the first" rule (README).
     """
     context, meta, n_tokens = niah_multikey_short(length, seed, tokenizer)
     order = sorted(meta["needles"], key=lambda n: n["start"])
     which = "first" if random.Random(seed).random() < 0.5 else "last"
     needle = order[0] if which == "first" else order[-1]
     return context, dict(meta, question=f"What is the {which} number?", answers=[needle["value"]]), n_tokens
+
+
+def niah_distractors(length, seed, tokenizer):
+    """One needle that matters among three distractors: the question is always "What is the magic
+    number?", the document holds "The magic number is 7." and three needles with other keys ("The
+    bold number is 3."), one per quarter in random order, four different digits. The memory holds
+    one value, so the agent must keep the magic needle and ignore the others, wherever it comes.
+
+    The key to keep never changes, so unlike niah_multikey_short (match the asked key: an equality
+    test) and niah_first_last (a rule chosen by the question) the decision can be read off the
+    needle alone: keep it if it says "magic". It is still a choice of WHAT to remember that the
+    warm start (which keeps a random needle, right 1/4 of the time) leaves to RL. Measured
+    (README): a from-scratch 1M-parameter model learns this rule from reward only slowly.
+    """
+    return _niah(length, seed, tokenizer, "niah_distractors", haystack="prose", n_keys=4, short=True,
+                 asked_key="magic")
 
 
 def asked_word(question: str) -> str | None:
@@ -388,7 +408,7 @@ def asked_word(question: str) -> str | None:
     return match.group(1) if match else None
 
 
-SHORT_TASKS = ("niah_multikey_short", "niah_first_last")  # questions asked_word understands
+SHORT_TASKS = ("niah_multikey_short", "niah_first_last", "niah_distractors")  # questions asked_word understands
 
 
 def niah_multivalue(length, seed, tokenizer):
@@ -654,6 +674,7 @@ TASKS = {
     "niah_multikey": niah_multikey,
     "niah_multikey_short": niah_multikey_short,
     "niah_first_last": niah_first_last,
+    "niah_distractors": niah_distractors,
     "niah_multivalue": niah_multivalue,
     "niah_multiquery": niah_multiquery,
     "vt": variable_tracking,

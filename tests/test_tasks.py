@@ -34,7 +34,7 @@ class WordTokenizer:
 
 
 def test_task_table():
-    assert sorted(TASKS) == sorted(NIAH + ["niah_multikey_short", "niah_first_last", "vt",
+    assert sorted(TASKS) == sorted(NIAH + ["niah_multikey_short", "niah_first_last", "niah_distractors", "vt",
                                             "hotpot_synth"])
 
 
@@ -423,3 +423,22 @@ def test_niah_first_last(tok):
         digits = re.findall(r"\d", s["context"])  # the four values, in reading order
         assert s["answers"] == [digits[0] if which == "first" else digits[-1]]
     assert min(asked.values()) >= 20, asked  # both questions, about half each
+
+
+def test_niah_distractors(tok):
+    """Always the magic number asked; the text holds exactly one magic needle and three needles
+    with other short keys, four different digits, one per quarter; the answer is the digit the
+    text gives the magic key (read from the text, not the metadata), and the magic needle falls
+    in every quarter across seeds (its position must not give it away)."""
+    quarters = set()
+    for seed in range(40):
+        s = make_sample("niah_distractors", 384, seed=seed, tokenizer=tok)
+        assert s["question"] == "What is the magic number?"
+        found = re.findall(r"The (\w+) number is (\d)\.", s["context"])  # in reading order
+        keys, digits = [k for k, _ in found], [d for _, d in found]
+        assert keys.count("magic") == 1 and len(set(keys)) == 4 and len(set(digits)) == 4
+        assert all(k in tasks.SHORT_KEYS for k in keys if k != "magic")
+        assert len(re.findall(r"\bmagic\b", s["context"], flags=re.I)) == 1  # not in the filler
+        assert s["answers"] == [digits[keys.index("magic")]]
+        quarters.add(keys.index("magic"))
+    assert quarters == {0, 1, 2, 3}
