@@ -296,7 +296,8 @@ def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queri
     def build(budget):
         rng = random.Random(seed)
         if short:
-            keys = _distinct(rng, n_keys, lambda r: r.choice(SHORT_KEYS), out=[asked_key] if asked_key else [])
+            first = [asked_key] if asked_key else []
+            keys = _distinct(rng, n_keys, lambda r: r.choice(SHORT_KEYS), out=first)
             values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(0, 9)))
         else:
             keys = _distinct(rng, n_keys, _random_key)
@@ -408,7 +409,8 @@ def asked_word(question: str) -> str | None:
     return match.group(1) if match else None
 
 
-SHORT_TASKS = ("niah_multikey_short", "niah_first_last", "niah_distractors")  # questions asked_word understands
+# the tasks whose questions asked_word understands
+SHORT_TASKS = ("niah_multikey_short", "niah_first_last", "niah_distractors")
 
 
 def niah_multivalue(length, seed, tokenizer):
