@@ -2,8 +2,8 @@
 Run a trained MemAgent on a document and watch its memory, chunk by chunk.
 
   python infer.py --ckpt out/train/rl --file doc.txt --question "Who founded the company?"
-  python infer.py --ckpt out/train/rl --task niah_first_last --length 128k --seed 3
-  python infer.py --ckpt out/train/rl --task niah_first_last --eval --lengths 1k 4k 16k 64k 256k 1M
+  python infer.py --ckpt out/train/rl --task niah_number_among_prices --length 128k --seed 3
+  python infer.py --ckpt out/train/rl --task niah_number_among_prices --eval --lengths 1k 4k 16k 64k 256k 1M
 
 The agent reads the document in chunks of `chunk_tokens`; after each chunk it rewrites its memory
 (at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the

@@ -1,7 +1,7 @@
 """
 train.py: the MemAgent recipe end to end (../shared/design.md sections 2-3).
 
-    python train.py                       # cpu-demo: tiny model, 4-needle task, <= 15 min on 2 cores
+    python train.py                       # cpu-demo: tiny model, a number among 3 prices, <= 15 min on 2 cores
     python train.py --recipe paper --model qwen-ish-0.5b --init-from DIR     # the paper's geometry
     torchrun --nproc_per_node=2 train.py --recipe smoke                       # DDP (gloo on CPU)
     python train.py --baseline            # the full-attention baseline (whole document in the window)
@@ -73,14 +73,14 @@ class TrainConfig:
     model: str = "tiny"  # model preset (model.PRESETS)
     init_from: str = ""  # HF Qwen2 directory (or one of our checkpoints): skip the warm start
     baseline: bool = False  # train the full-attention baseline instead of the agent (no RL)
-    task: str = "niah_first_last"  # memagent.tasks.TASKS
+    task: str = "niah_number_among_prices"  # memagent.tasks.TASKS
     data: str = ""  # a JSONL of samples (or HotpotQA .json) instead of generated tasks
     train_length: int = 384  # training document length in tokens
     n_docs: int = 0  # hotpot_synth: document count instead of a token length
     vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
     # agent geometry
     chunk_tokens: int = 48  # 8 chunks of a 384-token document: half hold a needle, half none
-    memory_tokens: int = 4  # room for one " 7." note (3 tokens) and the stop id
+    memory_tokens: int = 5  # room for one note, " 7." or " $3." (3 or 4 tokens), and the stop id
     answer_tokens: int = 16
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
@@ -92,7 +92,7 @@ class TrainConfig:
     short_chunk_steps: int = 300  # the first warm-start steps read chunks of short_chunk tokens
     short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
     # RL (DAPO)
-    rl_steps: int = 60
+    rl_steps: int = 40
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
     group_size: int = 8  # rollouts per prompt
     mini_batches: int = 2  # optimizer steps per rollout batch
@@ -127,7 +127,7 @@ class TrainConfig:
 
 
 RECIPES = {
-    # the default: tiny model, 4 needles, the first or the last asked, memory room for one value
+    # the default: tiny model, one magic number among 3 prices, memory room for one value
     "cpu-demo": {},
     # a few seconds: the tests' pipeline
     "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed",

@@ -11,6 +11,7 @@ the task, and that choice lives in one table, REWARD_KIND:
     niah_multikey_short  exact
     niah_first_last      exact
     niah_distractors     exact
+    niah_number_among_prices  exact
     hotpot_synth         exact
     hotpotqa             exact
     niah_multivalue      all     fraction of the references found inside the boxed answer
@@ -31,6 +32,7 @@ REWARD_KIND = {
     "niah_multikey_short": "exact",
     "niah_first_last": "exact",
     "niah_distractors": "exact",
+    "niah_number_among_prices": "exact",
     "hotpot_synth": "exact",
     "hotpotqa": "exact",
     "niah_multivalue": "all",

@@ -259,6 +259,7 @@ NEEDLE = "One of the special magic numbers for {key} is: {value}."
 # niah_multikey_short: a 7-token needle, a one-token key (a word our tokenizer keeps whole)
 SHORT_NEEDLE = "The {key} number is {value}."
 SHORT_QUESTION = "What is the {key} number?"
+PRICE_NEEDLE = "The {key} price is {value}."  # niah_number_among_prices' distractors ("$3")
 SHORT_KEYS = ("black white pink soft slow wild bold new quick calm clean simple red blue cold "
               "dark").split()
 
@@ -282,13 +283,15 @@ def _and_list(names):
 
 
 def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queries=1, short=False,
-          asked_key=None):
+          asked_key=None, price_distractors=False):
     """General RULER needle task: n_keys keys in the text, n_values values each, n_queries asked.
 
     short=True: SHORT_NEEDLE / SHORT_QUESTION with one-token keys ("bold") and one-digit values
     ("7") instead of "icy-zebra" and "7368886", and needles spread over the document (one per
     n-th of it) instead of at uniform random depths (see niah_multikey_short).
     asked_key (short only): the asked key is always this word, the other keys are distractors.
+    price_distractors (with asked_key): the distractors are PRICE_NEEDLEs ("The bold price is
+    $3.") instead of numbers; all four digits stay different.
     """
     count = _TokenCounter(tokenizer)
     template = SHORT_NEEDLE if short else NEEDLE
@@ -299,6 +302,8 @@ def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queri
             first = [asked_key] if asked_key else []
             keys = _distinct(rng, n_keys, lambda r: r.choice(SHORT_KEYS), out=first)
             values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(0, 9)))
+            if price_distractors:  # the asked key's value stays a number, the others become prices
+                values = values[:n_values] + ["$" + v for v in values[n_values:]]
         else:
             keys = _distinct(rng, n_keys, _random_key)
             values = _distinct(rng, n_keys * n_values, lambda r: str(r.randint(1_000_000, 9_999_999)))
@@ -309,7 +314,8 @@ def _niah(length, seed, tokenizer, task, haystack, n_keys=1, n_values=1, n_queri
             depths = [(perm[i] + 0.1 + 0.8 * rng.random()) / len(needles) for i in range(len(needles))]
         else:
             depths = [rng.random() for _ in needles]
-        inserts = [(d, template.format(key=k, value=v), (k, v)) for d, (k, v) in zip(depths, needles)]
+        inserts = [(d, (PRICE_NEEDLE if v.startswith("$") else template).format(key=k, value=v), (k, v))
+                   for d, (k, v) in zip(depths, needles)]
         fixed = sum(count(" " + text) for _, text, _ in inserts)
         if fixed >= budget:
             raise ValueError(f"{task}: length {length} is too small, the needles alone take "
@@ -351,7 +357,7 @@ def niah_multikey(length, seed, tokenizer):
 
 
 def niah_multikey_short(length, seed, tokenizer):
-    """niah_multikey sized for a from-scratch 1M-parameter model (the CPU default of train.py):
+    """niah_multikey sized for a from-scratch 1M-parameter model (train.py's CPU default in session 4):
     4 needles "The bold number is 7.", one per quarter of the document, one asked ("What is the
     bold number?"). Copying a 7-digit value with repeated digits is beyond what such a model
     learns in minutes; a one-token key and one digit are not, and choosing WHICH needle to keep
@@ -366,7 +372,8 @@ def niah_first_last(length, seed, tokenizer):
     last number?" (half each, by seed). The memory holds one value, so the agent must keep the
     first needle it meets, or overwrite at every needle, depending on the question.
 
-    Why this is the CPU default and not niah_multikey_short: choosing the needle whose key equals
+    Why it replaced niah_multikey_short as the CPU default (session 5; since session 7 the default
+    is niah_number_among_prices): choosing the needle whose key equals
     the asked key is an equality test (an XOR of two inputs: neither the question alone nor the
     needle alone says keep or drop), which gives gradient descent no first-order signal; a
     from-scratch 1M-parameter model stays at chance on it for hundreds of fully supervised steps
@@ -399,6 +406,24 @@ def niah_distractors(length, seed, tokenizer):
                  asked_key="magic")
 
 
+def niah_number_among_prices(length, seed, tokenizer):
+    """niah_distractors where the distractors are a different KIND of fact: "What is the magic
+    number?", one needle "The magic number is 7." and three prices "The bold price is $3." (other
+    keys), one per quarter in random order, four different digits. The memory holds one value,
+    so the agent must keep the number and let the prices pass, wherever the number comes.
+
+    The warm start copies any fact (" 7." or " $3.") and keeps a random one, right about 1/4 of
+    the time; which to keep is RL's to learn. Here the deciding feature is one token of the value
+    itself ("$" or not), which the model reads anyway to copy the value; in niah_distractors it is
+    the key two tokens before the value, and in niah_first_last the question far back in the
+    prompt, which a from-scratch 1M-parameter model learns from reward only slowly (README).
+    Measured (train.py's CPU default): greedy accuracy 18.8% after the warm start, 96.9% after 40
+    DAPO steps, 100% at 64x the training length.
+    """
+    return _niah(length, seed, tokenizer, "niah_number_among_prices", haystack="prose", n_keys=4,
+                 short=True, asked_key="magic", price_distractors=True)
+
+
 def asked_word(question: str) -> str | None:
     """The word a short-needle question asks about, or None for any other question.
 
@@ -410,7 +435,7 @@ def asked_word(question: str) -> str | None:
 
 
 # the tasks whose questions asked_word understands
-SHORT_TASKS = ("niah_multikey_short", "niah_first_last", "niah_distractors")
+SHORT_TASKS = ("niah_multikey_short", "niah_first_last", "niah_distractors", "niah_number_among_prices")
 
 
 def niah_multivalue(length, seed, tokenizer):
@@ -677,6 +702,7 @@ TASKS = {
     "niah_multikey_short": niah_multikey_short,
     "niah_first_last": niah_first_last,
     "niah_distractors": niah_distractors,
+    "niah_number_among_prices": niah_number_among_prices,
     "niah_multivalue": niah_multivalue,
     "niah_multiquery": niah_multiquery,
     "vt": variable_tracking,

@@ -31,7 +31,7 @@ SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|pad|>"]
 NEWLINE = "\n"
 DEFAULT_VOCAB_SIZE = 2048
 DEFAULT_CACHE_DIR = os.path.join("out", "tokenizer")
-CORPUS_VERSION = 4  # bump when the training text changes, so old caches are not reused
+CORPUS_VERSION = 5  # bump when the training text changes, so old caches are not reused
 
 # sentencepiece shows spaces as U+2581 internally; a literal U+2581 in the input would come
 # back as a space, so encode() writes it as its three UTF-8 byte pieces instead.

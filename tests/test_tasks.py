@@ -34,7 +34,8 @@ class WordTokenizer:
 
 
 def test_task_table():
-    assert sorted(TASKS) == sorted(NIAH + ["niah_multikey_short", "niah_first_last", "niah_distractors", "vt",
+    assert sorted(TASKS) == sorted(NIAH + ["niah_multikey_short", "niah_first_last", "niah_distractors",
+                                            "niah_number_among_prices", "vt",
                                             "hotpot_synth"])
 
 
@@ -441,4 +442,27 @@ def test_niah_distractors(tok):
         assert len(re.findall(r"\bmagic\b", s["context"], flags=re.I)) == 1  # not in the filler
         assert s["answers"] == [digits[keys.index("magic")]]
         quarters.add(keys.index("magic"))
+    assert quarters == {0, 1, 2, 3}
+
+
+def test_niah_number_among_prices(tok):
+    """One magic number among three prices: read back from the text, the document holds exactly
+    one "The magic number is D." and three "The KEY price is $D." with other short keys, four
+    different digits and no other digit or "$"; the answer is the number's digit, and the number
+    falls in every quarter across seeds."""
+    quarters = set()
+    for seed in range(40):
+        s = make_sample("niah_number_among_prices", 384, seed=seed, tokenizer=tok)
+        assert s["question"] == "What is the magic number?"
+        found = re.findall(r"The (\w+) (number|price) is (\$?)(\d)\.", s["context"])  # reading order
+        kinds = [kind for _, kind, _, _ in found]
+        assert len(found) == 4 and kinds.count("number") == 1
+        at = kinds.index("number")
+        assert found[at][0] == "magic" and found[at][2] == ""  # the number: magic key, no "$"
+        assert all(k in tasks.SHORT_KEYS and dollar == "$" for i, (k, _, dollar, _) in enumerate(found) if i != at)
+        digits = [d for _, _, _, d in found]
+        assert len(set(digits)) == 4 and re.findall(r"\d", s["context"]) == digits
+        assert s["context"].count("$") == 3
+        assert s["answers"] == [digits[at]]
+        quarters.add(at)
     assert quarters == {0, 1, 2, 3}

@@ -17,6 +17,7 @@ import dapo
 import train
 from rollout import chunk_ids
 from memagent import tasks
+from memagent.reward import compute_reward
 from memagent.tokenizer import get_tokenizer
 from model import Qwen2, config_from_preset
 
@@ -165,6 +166,33 @@ def test_value_notes_keep_a_seen_digit_whatever_the_question(tok_dir):
         assert tok.decode(replies[-1][:-1]) == "\\boxed{%s}" % memories[-1].strip(" .")
         hits += memories[-1].strip(" .") == sample["answers"][0]
     assert 0.12 < hits / n < 0.40, hits / n
+
+
+def test_default_warm_start_keeps_prices_as_often_as_the_number(tok_dir):
+    """The cpu-demo warm start (niah_number_among_prices, value notes, memory 5 tokens): each
+    memory is " d." or " $d.", the value of a needle already read, with no preference for the
+    number: the kept needle is uniform over the four, so the final memory holds the number ~1/4 of
+    the time and a price ~3/4; the final turn boxes what the memory holds, right only for the
+    number. Choosing the number is left to RL."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--prompts", "compact", "--short-chunk", "0", "--chunk-tokens", "96"])
+    assert (cfg.task, cfg.notes, cfg.memory_tokens) == ("niah_number_among_prices", "value", 5)
+    kept_number, n = 0, 80
+    for i in range(n):
+        sample = tasks.make_sample(cfg.task, cfg.train_length, 4000 + i, tok)
+        convs = train.warm_start_conversations(sample, tok, cfg, random.Random(i))
+        chunks = chunk_ids(tok.encode(sample["context"]), cfg.chunk_tokens)  # 4: no needle cut
+        memories = [tok.decode(r[:-1]) for _, r in convs[:-1]]
+        assert all(r[-1] == tok.im_end_id for _, r in convs[:-1])  # a note fits whole: never cut
+        for k, memory in enumerate(memories):
+            text_read = tok.decode([t for c in chunks[:k + 1] for t in c])
+            read = re.findall(r"(?:number|price) is (\$?\d)\.", text_read)
+            assert memory == "None." if not read else memory.strip(" .") in read, (memory, read)
+        held = memories[-1].strip(" .")
+        assert tok.decode(convs[-1][1][:-1]) == "\\boxed{%s}" % held
+        assert compute_reward(cfg.task, "\\boxed{%s}" % held, sample["answers"]) == (held == sample["answers"][0])
+        kept_number += held == sample["answers"][0]
+    assert 0.12 < kept_number / n < 0.40, kept_number / n
 
 
 def test_restated_notes_name_the_question_and_keep_a_random_digit(tok_dir):
