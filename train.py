@@ -1,7 +1,7 @@
 """
 train.py: the MemAgent recipe end to end (../shared/design.md sections 2-3).
 
-    python train.py                       # cpu-demo: tiny model, a number among 3 prices, <= 15 min on 2 cores
+    python train.py                       # cpu-demo: tiny model, 1 number among 3 prices, <= 15 min
     python train.py --recipe paper --model qwen-ish-0.5b --init-from DIR     # the paper's geometry
     torchrun --nproc_per_node=2 train.py --recipe smoke                       # DDP (gloo on CPU)
     python train.py --baseline            # the full-attention baseline (whole document in the window)
@@ -474,8 +474,8 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
     Memory turns: reservoir sampling over the notes seen so far, as many as fit the memory budget,
     whatever the question asks. Final turn: keyed notes (" bold: 7.") box the asked value(s) if the
     memory holds them, else "unknown"; value and restated notes (" 7.", " last: 7.") carry no needle
-    key to check, so it boxes the value the memory holds. Either way the warm start learns to answer from its memory,
-    never which notes to keep.
+    key to check, so it boxes the value the memory holds. Either way the warm start learns to
+    answer from its memory, never which notes to keep.
     """
     compact = agent_config(cfg, 1.0).compact_prompts
     problem = tokenizer.encode(sample["question"])

@@ -240,7 +240,7 @@ def _training_lines(seed: int, n_chars: int, extra_text):
 
 
 def model_path(folder: str, vocab_size: int) -> str:
-    """Where the cached model of this vocab size lives: {folder}/memagent-v4-2048.model."""
+    """Where the cached model of this vocab size lives: {folder}/memagent-v5-2048.model."""
     return os.path.join(folder, f"memagent-v{CORPUS_VERSION}-{vocab_size}.model")
 
 

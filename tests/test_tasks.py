@@ -459,7 +459,8 @@ def test_niah_number_among_prices(tok):
         assert len(found) == 4 and kinds.count("number") == 1
         at = kinds.index("number")
         assert found[at][0] == "magic" and found[at][2] == ""  # the number: magic key, no "$"
-        assert all(k in tasks.SHORT_KEYS and dollar == "$" for i, (k, _, dollar, _) in enumerate(found) if i != at)
+        prices = [needle for i, needle in enumerate(found) if i != at]
+        assert all(k in tasks.SHORT_KEYS and dollar == "$" for k, _, dollar, _ in prices)
         digits = [d for _, _, _, d in found]
         assert len(set(digits)) == 4 and re.findall(r"\d", s["context"]) == digits
         assert s["context"].count("$") == 3

@@ -190,8 +190,9 @@ def test_default_warm_start_keeps_prices_as_often_as_the_number(tok_dir):
             assert memory == "None." if not read else memory.strip(" .") in read, (memory, read)
         held = memories[-1].strip(" .")
         assert tok.decode(convs[-1][1][:-1]) == "\\boxed{%s}" % held
-        assert compute_reward(cfg.task, "\\boxed{%s}" % held, sample["answers"]) == (held == sample["answers"][0])
-        kept_number += held == sample["answers"][0]
+        right = held == sample["answers"][0]
+        assert compute_reward(cfg.task, "\\boxed{%s}" % held, sample["answers"]) == right
+        kept_number += right
     assert 0.12 < kept_number / n < 0.40, kept_number / n
 
 
