@@ -121,9 +121,10 @@ class KVCache:
     def write(self, layer, positions, k, v):
         """Store k, v (B, Hkv, T, D) of tokens at `positions` (B, T) into their own slots."""
         rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
-        # advanced indices (rows, positions) around a full slice put their dims first: (B, T, Hkv, D)
-        self.k[layer][rows, :, positions] = k.transpose(1, 2)
-        self.v[layer][rows, :, positions] = v.transpose(1, 2)
+        # advanced indices (rows, positions) around a full slice put their dims first: (B, T, Hkv, D).
+        # (Under autocast k arrives in float32 from the rotary step, the cache is bf16: cast.)
+        self.k[layer][rows, :, positions] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[layer][rows, :, positions] = v.transpose(1, 2).to(self.v.dtype)
 
     def nbytes(self):
         return self.k.numel() * self.k.element_size() * 2
@@ -306,8 +307,13 @@ class Qwen2(nn.Module):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
     def new_cache(self, batch_size, max_len):
+        """A KVCache in the dtype the attention computes in: the weights' dtype, or under
+        torch.autocast (fp32 weights, bf16 matmuls: train.py's mixed precision) the autocast dtype."""
         p = self.lm_head.weight
-        return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
+        dtype = p.dtype
+        if torch.is_autocast_enabled(p.device.type):
+            dtype = torch.get_autocast_dtype(p.device.type)
+        return KVCache(self.config, batch_size, max_len, dtype=dtype, device=p.device)
 
 
 # -----------------------------------------------------------------------------

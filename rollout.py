@@ -164,6 +164,7 @@ class AgentConfig:
     temperature: float = 1.0  # 1.0 for training; 0 (greedy) for evaluation
     top_p: float = 1.0
     top_k: int = 0
+    max_rows: int = 0  # most rows per generate call (bounds the KV cache and prefill); 0 = all
 
 
 @dataclass
@@ -258,10 +259,21 @@ def check_window(tokenizer, problem_lengths, cfg, max_positions):
 
 def model_policy(model, generator):
     """The default policy: `generate` on a model. A policy maps (prompts, budgets, cfg) to Generations;
-    tests swap in a scripted one."""
+    tests swap in a scripted one.
+
+    With cfg.max_rows, a turn's rows go through generate in slices of at most max_rows: the KV cache
+    of one call is max_rows x (longest prompt + budget) slots, so the paper's 128 x 16 rollouts of
+    ~7K-token conversations run in 64-row slices instead of one 2048-row cache (~170 GiB in bf16).
+    Rows draw from the one generator in order, so a run stays reproducible for a given max_rows.
+    """
     def policy(prompts, budgets, stop_ids, cfg):
-        return generate(model, prompts, max_new_tokens=budgets, temperature=cfg.temperature,
-                        top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=stop_ids, generator=generator)
+        step = cfg.max_rows or max(len(prompts), 1)
+        generations = []
+        for i in range(0, len(prompts), step):
+            generations += generate(model, prompts[i:i + step], max_new_tokens=budgets[i:i + step],
+                                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                    stop_ids=stop_ids, generator=generator)
+        return generations
     return policy
 
 

@@ -119,7 +119,8 @@ class TrainConfig:
     out_dir: str = "out/train"
     seed: int = 0
     device: str = "auto"
-    dtype: str = "float32"  # bfloat16 on GPU for the big presets
+    dtype: str = "float32"  # compute dtype: bfloat16 = fp32 weights, bf16 matmuls (see autocast)
+    rollout_rows: int = 0  # most rows in one generate call (bounds the KV cache); 0 = all at once
     grad_ckpt: bool = False  # activation checkpointing
     compile: bool = False
     save_every: int = 20
@@ -139,7 +140,7 @@ RECIPES = {
                   group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,
                   warmup_steps=20, weight_decay=0.01, clip_high=0.28, dynamic_sampling=True,
                   kl_coef=0.0, adv_std=True, rl_steps=400, sft_steps=0, short_chunk=0, dtype="bfloat16",
-                  grad_ckpt=True, eval_n=128, save_every=10),
+                  grad_ckpt=True, rollout_rows=64, eval_n=128, save_every=10),
 }
 # the shipped MemAgent scripts: eps_high 0.20, KL 0.001 (k3), no std division, no dynamic sampling
 RECIPES["shipped"] = dict(RECIPES["paper"], clip_high=0.20, kl_coef=0.001, adv_std=False,
@@ -190,6 +191,9 @@ def parse_args(argv=None):
     if cfg.notes == "restate" and (cfg.data or cfg.task not in tasks.SHORT_TASKS):
         parser.error(f"--notes restate needs one of the tasks {', '.join(tasks.SHORT_TASKS)} (their "
                      "questions name one word to restate); use --notes keyed or value")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        parser.error(f"--dtype {cfg.dtype!r}: choose float32 or bfloat16 (float16 would need a "
+                     "gradient scaler, which this trainer does not have)")
     if cfg.loss_agg not in dapo.AGG_MODES:
         parser.error(f"unknown --loss-agg {cfg.loss_agg!r}; choose one of {', '.join(dapo.AGG_MODES)}")
     if cfg.data and not os.path.exists(cfg.data):
@@ -198,6 +202,8 @@ def parse_args(argv=None):
         parser.error(f"--init-from {cfg.init_from}: no such directory")
     if cfg.group_size < 1 or cfg.batch_size < 1 or cfg.mini_batches < 1 or cfg.micro_batch < 1:
         parser.error("--group-size, --batch-size, --mini-batches and --micro-batch must be >= 1")
+    if cfg.rollout_rows < 0:
+        parser.error(f"--rollout-rows must be >= 0 (0 = all rows in one call), not {cfg.rollout_rows}")
     try:
         [float(s) for s in cfg.eval_scales.split(",")]
     except ValueError:
@@ -283,20 +289,32 @@ def get_sample(cfg, tokenizer, data, index, scale=1.0):
 def agent_config(cfg, temperature):
     return AgentConfig(chunk_tokens=cfg.chunk_tokens, memory_tokens=cfg.memory_tokens,
                        answer_tokens=cfg.answer_tokens, compact_prompts=cfg.prompts == "compact",
-                       temperature=temperature, top_p=cfg.top_p)
+                       temperature=temperature, top_p=cfg.top_p, max_rows=cfg.rollout_rows)
 
 
 # -----------------------------------------------------------------------------
 # Model, tokenizer, checkpoints
 
 
+def autocast(cfg):
+    """The context every forward pass of training runs in: mixed precision when --dtype bfloat16.
+
+    The weights, their gradients and the AdamW moments stay float32 (the "master" weights) and
+    torch.autocast runs the matmuls and attention in bf16 (the KV cache follows: model.new_cache).
+    Why not bf16 weights: bf16 keeps 8 significant bits, so a weight of 0.02 moves in steps of
+    2^-13 = 1.2e-4, and an AdamW update of ~lr = 1e-6 (the paper's) would round away to nothing.
+    """
+    return torch.autocast(torch.device(cfg.device).type, dtype=getattr(torch, cfg.dtype),
+                          enabled=cfg.dtype != "float32")
+
+
 def build_model(cfg):
-    """(model, tokenizer) from --init-from, or a fresh preset model with our tokenizer."""
-    dtype = getattr(torch, cfg.dtype)
+    """(model, tokenizer) from --init-from, or a fresh preset model with our tokenizer. The weights
+    are float32 whatever --dtype says (the compute dtype; see autocast)."""
     if cfg.init_from:
         try:
             tokenizer = load_tokenizer(cfg.init_from)  # ours (.model) or the folder's tokenizer.json
-            model = load_hf(cfg.init_from, dtype=dtype, device=cfg.device)
+            model = load_hf(cfg.init_from, dtype=torch.float32, device=cfg.device)
         except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
             raise SystemExit(f"train.py: cannot load --init-from {cfg.init_from}: {e}")
         if tokenizer.vocab_size > model.config.vocab_size:
@@ -311,7 +329,7 @@ def build_model(cfg):
         tokenizer = get_tokenizer(tok_dir, vocab_size=cfg.vocab_size)
         torch.manual_seed(cfg.seed)
         model = Qwen2(config_from_preset(cfg.model, vocab_size=tokenizer.vocab_size))
-        model = model.to(device=cfg.device, dtype=dtype)
+        model = model.to(device=cfg.device)
     model.gradient_checkpointing = cfg.grad_ckpt
     if cfg.prompts == "auto":  # the compact prompts suit our 2K-vocab models; Qwen's get the full ones
         cfg.prompts = "full" if isinstance(tokenizer, HFTokenizer) else "compact"
@@ -333,9 +351,51 @@ def geometry_check(cfg, model, tokenizer):
            f"{cfg.answer_tokens} + problem ~{problem} -> longest conversation {need} of a {window}-token "
            f"window; training documents {cfg.n_docs or cfg.train_length} "
            f"{'docs' if cfg.n_docs else 'tokens'} (~{math.ceil(cfg.train_length / cfg.chunk_tokens)} chunks)")
+    plan = memory_plan(cfg, model.config, model.num_parameters(), need)
+    peak = plan["training state"] + max(plan["rollout KV cache"] + plan["rollout prefill"],
+                                        plan["update logits"] + plan["update layers"])
+    print0("memory plan per rank (estimated from shapes, GiB): " +
+           ", ".join(f"{name} {b / 2**30:.2f}" for name, b in plan.items()) +
+           f"; peak ~{peak / 2**30:.1f} (state + the larger of the rollout and update phases)")
     print0(f"model: {cfg.model if not cfg.init_from else cfg.init_from}, "
            f"{model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.vocab_size}, "
-           f"{cfg.dtype} on {cfg.device}, {WORLD} rank(s)")
+           f"float32 weights, {cfg.dtype} compute on {cfg.device}, {WORLD} rank(s)")
+
+
+def memory_plan(cfg, config, n_params, longest):
+    """Bytes of the big allocations on one rank, estimated from shapes (not measured), printed at
+    start so that a geometry that cannot fit the accelerator shows it before any rollout.
+
+      training state   float32 weights + gradients + AdamW m and v: 16 bytes a parameter
+                       (+ 4 for the frozen reference model when --kl-coef > 0)
+      rollout KV cache one generate call: 2 (k, v) x layers x rows x kv heads x longest
+                       conversation x head_dim x bytes of the compute dtype
+      rollout prefill  the MLP's gate, up and product activations of that call's prefill:
+                       rows x longest conversation x intermediate x bytes x 3
+      update logits    one micro-batch: micro_batch x longest reply x vocab x 4 (float32) x 3
+                       (log-softmax, its gradient, the entropy's softmax)
+      update layers    one micro-batch's saved activations, ~ micro_batch x longest conversation x
+                       (3 x intermediate + 8 x hidden) x bytes per layer: all layers, or with
+                       --grad-ckpt one layer plus each layer's float32 input (hidden x 4)
+    rows = --rollout-rows, or all rows of a rollout (batch_size / ranks x group_size) or of an
+    evaluation pass (eval_n / ranks) when that is 0.
+    """
+    width = 2 if cfg.dtype == "bfloat16" else 4
+    all_rows = max(cfg.batch_size // WORLD * cfg.group_size, math.ceil(cfg.eval_n / WORLD))
+    rows = min(cfg.rollout_rows or all_rows, all_rows)
+    reply = max(cfg.memory_tokens, cfg.answer_tokens)
+    tokens = cfg.micro_batch * longest
+    per_layer = tokens * (3 * config.intermediate_size + 8 * config.hidden_size) * width
+    layers = (per_layer + config.num_hidden_layers * tokens * config.hidden_size * 4 if cfg.grad_ckpt
+              else config.num_hidden_layers * per_layer)
+    return {
+        "training state": n_params * (16 + (4 if cfg.kl_coef > 0 else 0)),
+        "rollout KV cache": 2 * config.num_hidden_layers * rows * config.num_key_value_heads * longest
+                            * config.head_dim * width,
+        "rollout prefill": rows * longest * config.intermediate_size * width * 3,
+        "update logits": cfg.micro_batch * reply * config.vocab_size * 4 * 3,
+        "update layers": layers,
+    }
 
 
 def save_state(cfg, model, tokenizer, optimizer, step, history):
@@ -364,7 +424,7 @@ def load_state(cfg, model, optimizer):
         if state["config"].get(name) != getattr(cfg, name):
             raise SystemExit(f"train.py: checkpoint {path} is incompatible: it was trained with "
                              f"{name}={state['config'].get(name)!r}, this run has {getattr(cfg, name)!r}")
-    saved = load_hf(os.path.join(path, "model"), dtype=getattr(torch, cfg.dtype), device=cfg.device)
+    saved = load_hf(os.path.join(path, "model"), dtype=torch.float32, device=cfg.device)
     model.load_state_dict(saved.state_dict())
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
@@ -531,7 +591,8 @@ def supervised(cfg, model, conversations_of, label):
         loss_sum = 0.0
         for m in range(0, len(convs), cfg.micro_batch):
             micro = convs[m:m + cfg.micro_batch]
-            logits = response_logits(model, [p for p, _ in micro], [r for _, r in micro])  # (B, R, V)
+            with autocast(cfg):
+                logits = response_logits(model, [p for p, _ in micro], [r for _, r in micro])  # (B, R, V)
             R = logits.size(1)
             targets = pad_rows([r for _, r in micro], R, dtype=torch.long, device=logits.device)
             mask = pad_rows([[1] * len(r) for _, r in micro], R, device=logits.device)
@@ -645,8 +706,9 @@ def collect_rollouts(cfg, model, tokenizer, data, step):
         d = len(draws)
         base = ((step * cfg.max_gen_batches + d) * WORLD + RANK) * per_rank
         samples = [get_sample(cfg, tokenizer, data, base + i) for i in range(per_rank)]
-        rollouts = run_agent(model, tokenizer, samples, agent, group_size=cfg.group_size,
-                             seed=cfg.seed * 1_000_003 + base, max_positions=cfg.window or None)
+        with autocast(cfg):
+            rollouts = run_agent(model, tokenizer, samples, agent, group_size=cfg.group_size,
+                                 seed=cfg.seed * 1_000_003 + base, max_positions=cfg.window or None)
         for r in rollouts:
             r.accuracy = r.reward  # the task reward, before any overlong penalty
             if cfg.overlong_buffer:
@@ -721,7 +783,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
             micro = convs[m:m + cfg.micro_batch]
             prompts = [c.prompt_ids for c, _ in micro]
             responses = [c.response_ids for c, _ in micro]
-            logits = response_logits(model, prompts, responses)  # (B, R, V)
+            with autocast(cfg):
+                logits = response_logits(model, prompts, responses)  # (B, R, V)
             B, R = logits.shape[:2]
             dev = logits.device
             targets = pad_rows(responses, R, dtype=torch.long, device=dev)  # (B, R)
@@ -731,7 +794,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
             advantages = mask * torch.tensor([a for _, a in micro], device=dev)[:, None]  # (B, R)
             logp_ref = None
             if ref_model is not None:
-                with torch.no_grad():
+                with torch.no_grad(), autocast(cfg):
                     logp_ref = dapo.logprobs_from_logits(response_logits(ref_model, prompts, responses), targets)
             loss, m_stats = dapo.policy_loss(
                 logp, logp_old, advantages, mask, eps_low=cfg.clip_low, eps_high=cfg.clip_high,
@@ -781,8 +844,9 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
         mine = [EVAL_SEED + i for i in range(cfg.eval_n) if i % WORLD == RANK]
         samples = [get_sample(cfg, tokenizer, data, i, scale) for i in mine]
         if full_attention:
-            answers = run_full_attention(model, tokenizer, samples, cfg.answer_tokens,
-                                         cfg.prompts == "compact", max_positions=cfg.window or None)
+            with autocast(cfg):
+                answers = run_full_attention(model, tokenizer, samples, cfg.answer_tokens,
+                                             cfg.prompts == "compact", max_positions=cfg.window or None)
             rewards = [a.reward for a in answers if a.fits]
             fits, total = all_sum([len(rewards), len(samples)])
             if fits < total:  # part of a length beyond the window is no score at all
@@ -791,9 +855,10 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
                        f"exceed the {cfg.window or model.config.max_position_embeddings}-token window")
                 continue
         else:
-            rewards = [r.reward for r in run_agent(model, tokenizer, samples, agent_config(cfg, 0.0),
-                                                   group_size=1, seed=cfg.seed,
-                                                   max_positions=cfg.window or None)] if samples else []
+            with autocast(cfg):
+                rollouts = run_agent(model, tokenizer, samples, agent_config(cfg, 0.0), group_size=1,
+                                     seed=cfg.seed, max_positions=cfg.window or None) if samples else []
+            rewards = [r.reward for r in rollouts]
         correct, count = all_sum([sum(rewards), len(rewards)])
         tokens = sum(s.get("n_tokens", 0) for s in samples)
         results[f"{scale:g}x"] = correct / max(count, 1)
@@ -883,9 +948,9 @@ def main(argv=None):
         print0(f"resumed from {ckpt} at step {step}")
     ref_model = None
     if cfg.kl_coef > 0:  # frozen copy of the starting policy
-        ref_model = (load_hf(warm_dir, dtype=getattr(torch, cfg.dtype), device=cfg.device)
+        ref_model = (load_hf(warm_dir, device=cfg.device)  # float32, like the policy (see autocast)
                      if not cfg.init_from and os.path.exists(warm_dir)
-                     else load_hf(cfg.init_from, dtype=getattr(torch, cfg.dtype), device=cfg.device))
+                     else load_hf(cfg.init_from, device=cfg.device))
         ref_model.requires_grad_(False).eval()
     opt_steps = step * cfg.mini_batches
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")

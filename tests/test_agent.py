@@ -212,6 +212,37 @@ def test_real_tiny_model_logprobs_match_a_fresh_forward():
                 assert TOK.decode(conv.prompt_ids).count(TOK.decode(reply)) >= 1
 
 
+def test_max_rows_slices_a_turn_without_changing_a_greedy_run(monkeypatch):
+    """--rollout-rows: generate never sees more than max_rows rows, and a greedy run (whose replies
+    depend on nothing but each row's prompt) gives the same records as one call per turn."""
+    import rollout
+    torch.manual_seed(0)
+    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                              max_position_embeddings=512)).eval()
+    samples = samples_of_lengths([3, 1, 2])  # 3 samples x group 2 = 6 rows at turn 0
+    calls = []
+    real_generate = rollout.generate
+
+    def counting_generate(model, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real_generate(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "generate", counting_generate)
+    whole = run_agent(model, TOK, samples, AgentConfig(chunk_tokens=60, memory_tokens=8, answer_tokens=6,
+                                                       temperature=0.0), group_size=2)
+    assert calls[0] == 6
+    calls.clear()
+    sliced = run_agent(model, TOK, samples, AgentConfig(chunk_tokens=60, memory_tokens=8, answer_tokens=6,
+                                                        temperature=0.0, max_rows=4), group_size=2)
+    assert max(calls) <= 4 and calls[:2] == [4, 2]
+    for a, b in zip(whole, sliced):
+        assert [c.response_ids for c in a.conversations] == [c.response_ids for c in b.conversations]
+        assert [c.prompt_ids for c in a.conversations] == [c.prompt_ids for c in b.conversations]
+        for ca, cb in zip(a.conversations, b.conversations):  # padding differs: fp noise only
+            assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
+
+
 def test_real_tokenizer_and_task_each_sample_reads_exactly_its_document(tmp_path):
     from memagent.tasks import make_sample
     from memagent.tokenizer import get_tokenizer

@@ -94,6 +94,8 @@ def test_recipes_and_overrides():
     (["--data", "/no/such/file.jsonl"], "does not exist"),
     (["--notes", "long"], "--notes must be"),
     (["--notes", "restate", "--task", "hotpot_synth"], "--notes restate needs"),
+    (["--dtype", "float16"], "gradient scaler"),
+    (["--rollout-rows", "-1"], "--rollout-rows must be >= 0"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -267,6 +269,69 @@ def test_response_logits_match_the_full_forward():
         full = model(torch.tensor([p + r]))[0]  # (T, V)
         want = full[len(p) - 1:len(p) - 1 + len(r)]
         torch.testing.assert_close(got[b, :len(r)], want, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_training_keeps_fp32_weights_so_a_1e_6_update_survives(tok_dir):
+    """--dtype bfloat16 is mixed precision: the weights stay float32 and only the forward runs in
+    bf16 (train.autocast). The oracle is the naive alternative, bf16 weights, where one AdamW step
+    of lr 1e-6 (the paper's) rounds away on almost every weight: bf16's step near 0.02 is 1.2e-4."""
+    cfg = train.parse_args(["--recipe", "smoke", "--dtype", "bfloat16", "--lr", "1e-6",
+                            "--out-dir", fresh_out(tok_dir, "bf16")])
+    cfg.device = "cpu"
+    model, tokenizer = train.build_model(cfg)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    prompts, responses = [[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]]
+
+    def changed_fraction(model, autocast):
+        weight = model.model.layers[0].mlp.up_proj.weight  # (I, C), ~N(0, 0.02)
+        before = weight.detach().clone()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
+        with autocast:
+            logits = train.response_logits(model, prompts, responses)  # (B, R, V)
+        assert logits.dtype == torch.bfloat16  # the matmuls did run in bf16
+        targets = train.pad_rows(responses, logits.size(1), dtype=torch.long)
+        dapo.logprobs_from_logits(logits, targets).sum().neg().backward()
+        optimizer.step()
+        return (weight.detach() != before).float().mean().item()
+
+    assert changed_fraction(model, train.autocast(cfg)) > 0.95
+    naive = Qwen2(model.config).to(torch.bfloat16)  # what --dtype bfloat16 must not mean
+    naive.load_state_dict(model.state_dict())
+    assert changed_fraction(naive, torch.autocast("cpu", enabled=False)) < 0.05
+
+
+def test_bf16_rollouts_under_autocast_match_a_fresh_bf16_forward(tok_dir):
+    """Rollouts of a float32 model under train.autocast write a bf16 KV cache; their log-probs are
+    those of a fresh (uncached) forward under the same autocast, to bf16 precision."""
+    from rollout import generate
+    cfg = train.parse_args(["--dtype", "bfloat16"])
+    cfg.device = "cpu"
+    torch.manual_seed(0)
+    model = Qwen2(config_from_preset("tiny", vocab_size=64)).eval()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]  # ragged: right padding in the prefill
+    with train.autocast(cfg):
+        gens = generate(model, prompts, max_new_tokens=8, temperature=1.0, seed=0)
+        for p, g in zip(prompts, gens):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([p + g.tokens]))[0].float(), dim=-1)
+            want = [logp[len(p) - 1 + i, t].item() for i, t in enumerate(g.tokens)]
+            assert g.logprobs == pytest.approx(want, abs=0.05)
+
+
+def test_memory_plan_kv_cache_is_what_the_engine_allocates():
+    """The start-up memory plan's KV line against the real cache of a generate call (bf16 under
+    autocast: model.new_cache), for --rollout-rows and for a whole rollout batch."""
+    model = Qwen2(config_from_preset("tiny", vocab_size=64))
+    for rows_flag, rows in ((6, 6), (0, 4 * 8)):
+        cfg = train.parse_args(["--dtype", "bfloat16", "--batch-size", "4", "--group-size", "8",
+                                "--eval-n", "8", "--rollout-rows", str(rows_flag)])
+        cfg.device = "cpu"
+        plan = train.memory_plan(cfg, model.config, model.num_parameters(), longest=100)
+        with train.autocast(cfg):
+            cache = model.new_cache(rows, 100)
+        assert cache.k.dtype == torch.bfloat16
+        assert plan["rollout KV cache"] == cache.nbytes()
+        assert plan["training state"] == 16 * model.num_parameters()
 
 
 # -----------------------------------------------------------------------------
