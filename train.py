@@ -342,15 +342,17 @@ def geometry_check(cfg, model, tokenizer):
     window = cfg.window or positions
     if window > positions:
         raise SystemExit(f"train.py: --window {window} exceeds the model's {positions} positions")
-    problem = len(tokenizer.encode(get_sample(cfg, tokenizer, None if not cfg.data else load_data(cfg), 0)["question"]))
+    sample = get_sample(cfg, tokenizer, None if not cfg.data else load_data(cfg), 0)
+    problem, document = len(tokenizer.encode(sample["question"])), len(tokenizer.encode(sample["context"]))
     try:
         need = check_window(tokenizer, [problem + 8], agent_config(cfg, 1.0), window)
     except ValueError as e:
         raise SystemExit(f"train.py: {e}")
     print0(f"geometry: chunk {cfg.chunk_tokens} + memory {cfg.memory_tokens} + answer "
            f"{cfg.answer_tokens} + problem ~{problem} -> longest conversation {need} of a {window}-token "
-           f"window; training documents {cfg.n_docs or cfg.train_length} "
-           f"{'docs' if cfg.n_docs else 'tokens'} (~{math.ceil(cfg.train_length / cfg.chunk_tokens)} chunks)")
+           f"window; training documents like sample 0: {document} tokens"
+           f"{f' ({cfg.n_docs} docs)' if cfg.n_docs and not cfg.data else ''}, "
+           f"{math.ceil(document / cfg.chunk_tokens)} chunks")
     plan = memory_plan(cfg, model.config, model.num_parameters(), need)
     peak = plan["training state"] + max(plan["rollout KV cache"] + plan["rollout prefill"],
                                         plan["update logits"] + plan["update layers"])
