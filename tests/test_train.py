@@ -20,6 +20,7 @@ from memagent import tasks
 from memagent.reward import compute_reward
 from memagent.tokenizer import get_tokenizer
 from model import Qwen2, config_from_preset
+from conftest import DEVICES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = {"time_rollout", "time_update", "tokens_per_s"}
@@ -271,13 +272,14 @@ def test_response_logits_match_the_full_forward():
         torch.testing.assert_close(got[b, :len(r)], want, atol=1e-5, rtol=1e-5)
 
 
-def test_bf16_training_keeps_fp32_weights_so_a_1e_6_update_survives(tok_dir):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_training_keeps_fp32_weights_so_a_1e_6_update_survives(tok_dir, device):
     """--dtype bfloat16 is mixed precision: the weights stay float32 and only the forward runs in
     bf16 (train.autocast). The oracle is the naive alternative, bf16 weights, where one AdamW step
     of lr 1e-6 (the paper's) rounds away on almost every weight: bf16's step near 0.02 is 1.2e-4."""
     cfg = train.parse_args(["--recipe", "smoke", "--dtype", "bfloat16", "--lr", "1e-6",
-                            "--out-dir", fresh_out(tok_dir, "bf16")])
-    cfg.device = "cpu"
+                            "--out-dir", fresh_out(tok_dir, "bf16-" + device)])
+    cfg.device = device
     model, tokenizer = train.build_model(cfg)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     prompts, responses = [[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]]
@@ -289,31 +291,32 @@ def test_bf16_training_keeps_fp32_weights_so_a_1e_6_update_survives(tok_dir):
         with autocast:
             logits = train.response_logits(model, prompts, responses)  # (B, R, V)
         assert logits.dtype == torch.bfloat16  # the matmuls did run in bf16
-        targets = train.pad_rows(responses, logits.size(1), dtype=torch.long)
+        targets = train.pad_rows(responses, logits.size(1), dtype=torch.long, device=device)
         dapo.logprobs_from_logits(logits, targets).sum().neg().backward()
         optimizer.step()
         return (weight.detach() != before).float().mean().item()
 
     assert changed_fraction(model, train.autocast(cfg)) > 0.95
-    naive = Qwen2(model.config).to(torch.bfloat16)  # what --dtype bfloat16 must not mean
+    naive = Qwen2(model.config).to(device=device, dtype=torch.bfloat16)  # what --dtype bfloat16 must not mean
     naive.load_state_dict(model.state_dict())
-    assert changed_fraction(naive, torch.autocast("cpu", enabled=False)) < 0.05
+    assert changed_fraction(naive, torch.autocast(device, enabled=False)) < 0.05
 
 
-def test_bf16_rollouts_under_autocast_match_a_fresh_bf16_forward(tok_dir):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_rollouts_under_autocast_match_a_fresh_bf16_forward(device):
     """Rollouts of a float32 model under train.autocast write a bf16 KV cache; their log-probs are
     those of a fresh (uncached) forward under the same autocast, to bf16 precision."""
     from rollout import generate
     cfg = train.parse_args(["--dtype", "bfloat16"])
-    cfg.device = "cpu"
+    cfg.device = device
     torch.manual_seed(0)
-    model = Qwen2(config_from_preset("tiny", vocab_size=64)).eval()
+    model = Qwen2(config_from_preset("tiny", vocab_size=64)).to(device).eval()
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]  # ragged: right padding in the prefill
     with train.autocast(cfg):
         gens = generate(model, prompts, max_new_tokens=8, temperature=1.0, seed=0)
         for p, g in zip(prompts, gens):
             with torch.no_grad():
-                logp = torch.log_softmax(model(torch.tensor([p + g.tokens]))[0].float(), dim=-1)
+                logp = torch.log_softmax(model(torch.tensor([p + g.tokens], device=device))[0].float(), dim=-1)
             want = [logp[len(p) - 1 + i, t].item() for i, t in enumerate(g.tokens)]
             assert g.logprobs == pytest.approx(want, abs=0.05)
 
@@ -351,6 +354,20 @@ def test_smoke_pipeline_writes_everything(smoke_run):
     for sub in ("warmstart/model.safetensors", "ckpt/model/model.safetensors", "ckpt/trainer.pt",
                 "rl/config.json", "eval.json"):
         assert os.path.exists(os.path.join(out, sub)), sub
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_smoke_pipeline_on_cuda_in_mixed_precision(tok_dir):
+    """The GPU path of the paper recipe in miniature: bf16 autocast, activation checkpointing and
+    sliced rollouts on CUDA; the checkpoint keeps float32 weights."""
+    from safetensors.torch import load_file
+    out = fresh_out(tok_dir, "cuda")
+    table = run_main(["--recipe", "smoke", "--out-dir", out, "--device", "cuda", "--dtype", "bfloat16",
+                      "--grad-ckpt", "--rollout-rows", "3", "--kl-coef", "0.001"])
+    assert set(table) == {"warm start", "RL"}
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    weights = load_file(os.path.join(out, "rl", "model.safetensors"))
+    assert all(w.dtype == torch.float32 for w in weights.values())
 
 
 def test_resume_continues_exactly(tok_dir, smoke_run):
