@@ -36,6 +36,10 @@ and every micro-batch loss is divided by the GLOBAL token count of its mini-batc
 sum). Gradients are then all-reduced with SUM, which makes the update exactly the single-process
 token-mean over all ranks' conversations. (Averaging per-rank token means would weight a rank's
 tokens by 1/its own count: wrong whenever ranks hold different numbers of tokens.)
+
+Precision: --dtype bfloat16 is mixed precision (see autocast): float32 weights, gradients and AdamW
+state, bf16 matmuls, attention and KV cache. --rollout-rows bounds one generate call's rows, and
+the start-up "memory plan" line estimates what a run needs per rank (memory_plan).
 """
 
 import argparse
