@@ -663,22 +663,38 @@ def baseline_max_scale(cfg, model, tokenizer):
     return (window - overhead) / (cfg.train_length * (1 + tasks.LENGTH_TOLERANCE))
 
 
+def baseline_conversations(cfg, tokenizer, data, index, rng, step, top):
+    """The baseline's one supervised conversation of training sample `index`: (whole document +
+    question) -> \\boxed{answer}. Document lengths are drawn uniformly from 1x up to `top`, the
+    longest that fits the window, so the baseline is trained on every length it can read: any
+    failure beyond is the window's, not a lack of training. Before cfg.short_chunk_steps, the
+    agent's copy curriculum (see warm_start) holds here too: documents shrunk to
+    short_chunk / chunk_tokens of the training length, so both models learn to copy a needle
+    out of short prompts first."""
+    if step < cfg.short_chunk_steps and 0 < cfg.short_chunk < cfg.chunk_tokens and data is None:
+        scale = cfg.short_chunk / cfg.chunk_tokens
+    else:
+        scale = rng.uniform(1.0, top)
+    sample = get_sample(cfg, tokenizer, data, index, scale=scale)
+    prompt = direct_turn_ids(tokenizer, tokenizer.encode(sample["question"]),
+                             tokenizer.encode(sample["context"]), cfg.prompts == "compact")
+    reply = tokenizer.render_reply("\\boxed{%s}" % ", ".join(sample["answers"]))
+    return [(prompt, reply[:cfg.answer_tokens])]
+
+
 def train_baseline(cfg, model, tokenizer, data):
-    """Supervised: (whole document + question) -> \\boxed{answer}. Document lengths are drawn
-    uniformly from 1x up to the longest that fits the window, so the baseline is trained on every
-    length it can read: any failure beyond is the window's, not a lack of training."""
-    compact = cfg.prompts == "compact"
+    """Supervised full-attention training on baseline_conversations."""
     top = max(1.0, baseline_max_scale(cfg, model, tokenizer)) if data is None else 1.0
 
     def conversations_of(index, rng, step):
-        sample = get_sample(cfg, tokenizer, data, index, scale=rng.uniform(1.0, top))
-        prompt = direct_turn_ids(tokenizer, tokenizer.encode(sample["question"]),
-                                 tokenizer.encode(sample["context"]), compact)
-        reply = tokenizer.render_reply("\\boxed{%s}" % ", ".join(sample["answers"]))
-        return [(prompt, reply[:cfg.answer_tokens])]
+        return baseline_conversations(cfg, tokenizer, data, index, rng, step, top)
 
     print0(f"== full-attention baseline: {cfg.sft_steps} supervised steps on whole documents of "
            f"{cfg.train_length}-{round(cfg.train_length * top)} tokens")
+    if 0 < cfg.short_chunk < cfg.chunk_tokens and cfg.short_chunk_steps and data is None:
+        print0(f"baseline: documents of {round(cfg.train_length * cfg.short_chunk / cfg.chunk_tokens)} "
+               f"tokens for the first {min(cfg.short_chunk_steps, cfg.sft_steps)} steps (the agent's "
+               "copy curriculum)")
     supervised(cfg, model, conversations_of, "baseline")
 
 

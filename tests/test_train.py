@@ -451,3 +451,23 @@ def test_baseline_examples_fill_the_window(tok_dir):
     sample = train.get_sample(cfg, tok, None, 0, scale=top)
     prompt = train.direct_turn_ids(tok, tok.encode(sample["question"]), tok.encode(sample["context"]), True)
     assert 0.8 * 2048 < len(prompt) + cfg.answer_tokens <= 2048
+
+
+def test_baseline_follows_the_agents_copy_curriculum_then_fills_the_window(tok_dir):
+    """The baseline's documents are shrunk like the agent's warm start for the first
+    short_chunk_steps steps (256 x 16 / 64 = 64 tokens), then span 1x up to the window."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--recipe", "smoke", "--baseline", "--prompts", "compact",
+                            "--short-chunk", "16", "--short-chunk-steps", "5"])
+    rng = random.Random(0)
+
+    def doc_tokens(step, index):
+        [(prompt, reply)] = train.baseline_conversations(cfg, tok, None, index, rng, step, top=4.0)
+        assert tok.decode(reply).startswith("\\boxed{")
+        return len(prompt)
+
+    template = len(train.direct_turn_ids(tok, [], [], True))
+    early = [doc_tokens(4, i) - template for i in range(8)]
+    late = [doc_tokens(5, i) - template for i in range(8)]
+    assert all(50 < n < 100 for n in early)  # 64 tokens of document + a ~10-token question
+    assert all(256 <= n <= 4 * 256 * 1.05 + 40 for n in late) and max(late) > 2 * 256
