@@ -619,12 +619,18 @@ def supervised(cfg, model, conversations_of, label):
     model.eval()
 
 
+def in_copy_curriculum(cfg, data, step):
+    """True while supervised step `step` reads the shrunk copy-curriculum samples (see warm_start):
+    before --short-chunk-steps, with 0 < --short-chunk < --chunk-tokens, on generated tasks only."""
+    return step < cfg.short_chunk_steps and 0 < cfg.short_chunk < cfg.chunk_tokens and data is None
+
+
 def curriculum_conversations(cfg, tokenizer, data, index, rng, step):
     """Warm-start conversations of training sample `index` at warm-start step `step`: before
     cfg.short_chunk_steps, the sample at short_chunk / chunk_tokens of the training length read in
     chunks of cfg.short_chunk tokens (as many chunks and needles, a third of the tokens); after,
     the training geometry itself. A user's data file is never shrunk (only generated tasks are)."""
-    if step < cfg.short_chunk_steps and 0 < cfg.short_chunk < cfg.chunk_tokens and data is None:
+    if in_copy_curriculum(cfg, data, step):
         short = dataclasses.replace(cfg, chunk_tokens=cfg.short_chunk)
         sample = get_sample(cfg, tokenizer, data, index, scale=cfg.short_chunk / cfg.chunk_tokens)
         return warm_start_conversations(sample, tokenizer, short, rng)
@@ -647,7 +653,7 @@ def warm_start(cfg, model, tokenizer, data):
     def conversations_of(index, rng, step):
         return curriculum_conversations(cfg, tokenizer, data, index, rng, step)
 
-    if 0 < cfg.short_chunk < cfg.chunk_tokens and cfg.short_chunk_steps:
+    if in_copy_curriculum(cfg, data, 0):
         print0(f"warm start: chunks of {cfg.short_chunk} tokens for {min(cfg.short_chunk_steps, cfg.sft_steps)} "
                f"steps, then {cfg.chunk_tokens}")
     supervised(cfg, model, conversations_of, "warm start")
@@ -673,7 +679,7 @@ def baseline_conversations(cfg, tokenizer, data, index, rng, step, top):
     agent's copy curriculum (see warm_start) holds here too: documents shrunk to
     short_chunk / chunk_tokens of the training length, so both models learn to copy a needle
     out of short prompts first."""
-    if step < cfg.short_chunk_steps and 0 < cfg.short_chunk < cfg.chunk_tokens and data is None:
+    if in_copy_curriculum(cfg, data, step):
         scale = cfg.short_chunk / cfg.chunk_tokens
     else:
         scale = rng.uniform(1.0, top)
@@ -693,7 +699,7 @@ def train_baseline(cfg, model, tokenizer, data):
 
     print0(f"== full-attention baseline: {cfg.sft_steps} supervised steps on whole documents of "
            f"{cfg.train_length}-{round(cfg.train_length * top)} tokens")
-    if 0 < cfg.short_chunk < cfg.chunk_tokens and cfg.short_chunk_steps and data is None:
+    if in_copy_curriculum(cfg, data, 0):
         print0(f"baseline: documents of {round(cfg.train_length * cfg.short_chunk / cfg.chunk_tokens)} "
                f"tokens for the first {min(cfg.short_chunk_steps, cfg.sft_steps)} steps (the agent's "
                "copy curriculum)")
