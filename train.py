@@ -45,6 +45,7 @@ the start-up "memory plan" line estimates what a run needs per rank (memory_plan
 import argparse
 from array import array
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -219,6 +220,7 @@ def parse_args(argv=None):
 # Distributed helpers (no-ops in a single process)
 
 RANK, WORLD = 0, 1
+COMM_DEVICE = "cpu"  # where all_sum's tensors live: NCCL reduces only CUDA tensors, gloo CPU ones
 
 
 def print0(*args):
@@ -230,19 +232,23 @@ def all_sum(values):
     """Sum a list of floats over ranks (returned as floats)."""
     if WORLD == 1:
         return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=COMM_DEVICE)
     dist.all_reduce(t)
     return t.tolist()
 
 
 def setup_distributed(cfg):
-    global RANK, WORLD
+    global RANK, WORLD, COMM_DEVICE
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        RANK, WORLD = dist.get_rank(), dist.get_world_size()
-        if use_cuda:
+        if use_cuda:  # before the group starts, so NCCL binds each rank to its own GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            COMM_DEVICE = f"cuda:{torch.cuda.current_device()}"
+        # a rank that finishes its rollouts early (dynamic sampling draws 1 to max_gen_batches
+        # batches per rank, each minutes long at the paper's geometry) waits at the next all_sum;
+        # NCCL's default 10-minute timeout would abort such a wait, so allow hours
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+        RANK, WORLD = dist.get_rank(), dist.get_world_size()
     if cfg.device == "auto":
         cfg.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     if cfg.batch_size % WORLD:

@@ -51,8 +51,10 @@ def smoke_run(tok_dir):
 
 
 def run_main(args):
+    """train.main in this process, on the CPU unless `args` names a device: the CPU is where these
+    tests' exact expectations (resume equality to 1e-6, sampled rewards) were established."""
     train.RANK, train.WORLD = 0, 1
-    return train.main(args)
+    return train.main(["--device", "cpu"] + args)
 
 
 def read_metrics(out):
@@ -416,7 +418,7 @@ def test_ddp_gloo_two_processes(tok_dir, smoke_run):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "train.py", "--recipe", "smoke", "--out-dir", out, "--eval-scales", "1",
+           "train.py", "--recipe", "smoke", "--device", "cpu", "--out-dir", out, "--eval-scales", "1",
            "--init-from", os.path.join(smoke_run[0], "warmstart")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
