@@ -67,6 +67,19 @@ def decode_bound_tok_s(model, batch, ctx, bandwidth_bytes_s):
     return batch / step_s
 
 
+class TokenizerSizedLogits(Qwen2):
+    """A model whose lm_head has more rows than our tokenizer has ids (the qwen-ish presets keep
+    Qwen's 151,936: their real cost per step) returns logits for the tokenizer's ids only, so a
+    random model never samples an id the tokenizer cannot decode. The full matmul still runs."""
+
+    def __init__(self, config, n_ids):
+        super().__init__(config)
+        self.n_ids = n_ids
+
+    def forward(self, *args, **kwargs):
+        return super().forward(*args, **kwargs)[..., :self.n_ids]  # (..., V) -> (..., n_ids)
+
+
 def bench_agent_one(args):
     """One document length in this process: time run_agent on --batch samples, print one JSON line."""
     from memagent.tasks import make_sample
@@ -76,10 +89,11 @@ def bench_agent_one(args):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tok = get_tokenizer(args.tokenizer_dir)
-    vocab = None if "vocab_size" in PRESETS[args.model] else tok.vocab_size
+    vocab = args.vocab_size or (None if "vocab_size" in PRESETS[args.model] else tok.vocab_size)
     torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen2(config_from_preset(args.model, vocab_size=vocab)).to(dtype).eval()
+        model = TokenizerSizedLogits(config_from_preset(args.model, vocab_size=vocab), tok.vocab_size)
+        model = model.to(dtype).eval()
     length = args.base_length * args.agent_one
     samples = [make_sample(args.task, length, seed, tok) for seed in range(args.batch[0])]
     cfg = AgentConfig(chunk_tokens=args.chunk_tokens, memory_tokens=args.memory_tokens,
@@ -125,7 +139,7 @@ def bench_agent(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="model preset (model.PRESETS)")
-    p.add_argument("--vocab-size", type=int, default=None, help="default: the preset's (2048 for tiny/small)")
+    p.add_argument("--vocab-size", type=int, default=None, help="lm_head rows; default: the preset's (tiny/small: the tokenizer's)")
     p.add_argument("--batch", type=int, nargs="+", default=None,
                    help="batch sizes (default 1 8); agent mode: documents read together (default 4)")
     p.add_argument("--prompt-len", type=int, default=512)
