@@ -23,9 +23,10 @@ Three stages, each a function that reads top to bottom:
   3. evaluate(): greedy agent on held-out seeds at 1x, 4x, 16x, 64x the training length, for the
      warm start and for the RL policy; a table on stdout and eval.json in --out-dir.
 
---baseline trains the comparison instead: the same model, supervised to answer with the WHOLE
-document in its window (documents from 1x up to the longest that fits), evaluated at the same
-scales; lengths beyond its window get no score. infer.py --eval --baseline puts the two side by side.
+--baseline trains the comparison instead: the same model from the same warm start (run here, or
+--init-from the agent's warmstart/), then supervised to answer with the WHOLE document in its
+window (documents from 1x up to the longest that fits), evaluated at the same scales; lengths
+beyond its window get no score. infer.py --eval --baseline puts the two side by side.
 
 Outputs in --out-dir: tokenizer/, warmstart/ (model checkpoint), ckpt/ (model + optimizer + step,
 written atomically every --save-every steps, what --resume continues from), rl/ (final model),
@@ -78,6 +79,7 @@ class TrainConfig:
     model: str = "tiny"  # model preset (model.PRESETS)
     init_from: str = ""  # HF Qwen2 directory (or one of our checkpoints): skip the warm start
     baseline: bool = False  # train the full-attention baseline instead of the agent (no RL)
+    baseline_steps: int = 300  # --baseline: full-attention supervised steps after the warm start
     task: str = "niah_number_among_prices"  # memagent.tasks.TASKS
     data: str = ""  # a JSONL of samples (or HotpotQA .json) instead of generated tasks
     train_length: int = 384  # training document length in tokens
@@ -160,8 +162,9 @@ HELP = {
     "mini_batches": "optimizer steps per rollout batch",
     "eval_scales": "multiples of the training length to evaluate at",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
-    "baseline": "train the FULL-ATTENTION baseline instead: the same model answering with the whole "
-                "document in its window (supervised, --sft-steps); saved in OUT_DIR/baseline",
+    "baseline": "train the FULL-ATTENTION baseline instead: the agent's warm start (or --init-from), "
+                "then --baseline-steps supervised steps answering with the whole document in the "
+                "window; saved in OUT_DIR/baseline",
 }
 
 
@@ -683,8 +686,7 @@ def baseline_conversations(cfg, tokenizer, data, index, rng, step, top):
     longest that fits the window, so the baseline is trained on every length it can read: any
     failure beyond is the window's, not a lack of training. Before cfg.short_chunk_steps, the
     agent's copy curriculum (see warm_start) holds here too: documents shrunk to
-    short_chunk / chunk_tokens of the training length, so both models learn to copy a needle
-    out of short prompts first."""
+    short_chunk / chunk_tokens of the training length."""
     if in_copy_curriculum(cfg, data, step):
         scale = cfg.short_chunk / cfg.chunk_tokens
     else:
@@ -697,7 +699,15 @@ def baseline_conversations(cfg, tokenizer, data, index, rng, step, top):
 
 
 def train_baseline(cfg, model, tokenizer, data):
-    """Supervised full-attention training on baseline_conversations."""
+    """cfg.baseline_steps supervised steps on baseline_conversations (batch --sft-batch, lr --sft-lr),
+    the first half on curriculum-shrunk documents, then whole ones.
+
+    Why after the agent's warm start: like the paper's baselines, which start from the same
+    pretrained model as MemAgent, this one starts from what the agent starts from (a model that
+    can copy a fact out of a text), and only the reading differs. Trained from scratch instead,
+    the 1M-parameter model never learned to find the needle in a whole document: its loss sat at
+    a digit guess for 360 steps of 64 documents (README)."""
+    cfg = dataclasses.replace(cfg, sft_steps=cfg.baseline_steps, short_chunk_steps=cfg.baseline_steps // 2)
     top = max(1.0, baseline_max_scale(cfg, model, tokenizer)) if data is None else 1.0
 
     def conversations_of(index, rng, step):
@@ -707,8 +717,7 @@ def train_baseline(cfg, model, tokenizer, data):
            f"{cfg.train_length}-{round(cfg.train_length * top)} tokens")
     if in_copy_curriculum(cfg, data, 0):
         print0(f"baseline: documents of {round(cfg.train_length * cfg.short_chunk / cfg.chunk_tokens)} "
-               f"tokens for the first {min(cfg.short_chunk_steps, cfg.sft_steps)} steps (the agent's "
-               "copy curriculum)")
+               f"tokens for the first {cfg.short_chunk_steps} steps (the agent's copy curriculum)")
     supervised(cfg, model, conversations_of, "baseline")
 
 
@@ -952,7 +961,7 @@ def main(argv=None):
         return baseline_main(cfg, model, tokenizer, data, t_start)
 
     ckpt = os.path.join(cfg.out_dir, "ckpt")
-    warm_dir = os.path.join(cfg.out_dir, "warmstart")
+    warm_dir = os.path.join(cfg.out_dir, "warmstart")  # warm_start_and_save's
     table_path = os.path.join(cfg.out_dir, "eval.json")
     table = {}
     resuming = cfg.resume and os.path.exists(os.path.join(ckpt, "trainer.pt"))
@@ -964,10 +973,7 @@ def main(argv=None):
         with open(table_path) as f:
             table = json.load(f)
     elif not cfg.init_from and cfg.sft_steps > 0:
-        print0(f"== warm start: {cfg.sft_steps} supervised steps, question-agnostic memory targets")
-        warm_start(cfg, model, tokenizer, data)
-        if RANK == 0:
-            save_checkpoint(model, warm_dir, tokenizer_file=tokenizer.files(), meta={"config": dataclasses.asdict(cfg)})
+        warm_start_and_save(cfg, model, tokenizer, data)
     if "warm start" not in table and cfg.eval_n > 0:
         print0("== evaluating the starting policy")
         table["warm start"] = evaluate(cfg, model, tokenizer, data, "warm start")
@@ -1034,8 +1040,20 @@ def main(argv=None):
     return table
 
 
+def warm_start_and_save(cfg, model, tokenizer, data):
+    """Stage 1 for the agent and the baseline alike; the model lands in OUT_DIR/warmstart."""
+    print0(f"== warm start: {cfg.sft_steps} supervised steps, question-agnostic memory targets")
+    warm_start(cfg, model, tokenizer, data)
+    if RANK == 0:
+        save_checkpoint(model, os.path.join(cfg.out_dir, "warmstart"), tokenizer_file=tokenizer.files(),
+                        meta={"config": dataclasses.asdict(cfg)})
+
+
 def baseline_main(cfg, model, tokenizer, data, t_start):
-    """--baseline: supervised full-attention training, then its evaluation table (no RL)."""
+    """--baseline: the agent's warm start (unless --init-from), then supervised full-attention
+    training, then its evaluation table (no RL)."""
+    if not cfg.init_from and cfg.sft_steps > 0:
+        warm_start_and_save(cfg, model, tokenizer, data)
     train_baseline(cfg, model, tokenizer, data)
     if RANK == 0:
         save_checkpoint(model, os.path.join(cfg.out_dir, "baseline"), tokenizer_file=tokenizer.files(),

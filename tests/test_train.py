@@ -19,7 +19,7 @@ from rollout import chunk_ids
 from memagent import tasks
 from memagent.reward import compute_reward
 from memagent.tokenizer import get_tokenizer
-from model import Qwen2, config_from_preset
+from model import Qwen2, config_from_preset, load_hf
 from conftest import DEVICES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -433,15 +433,26 @@ def test_ddp_gloo_two_processes(tok_dir, smoke_run):
 # the full-attention baseline (--baseline)
 
 
-def test_baseline_trains_and_stops_at_its_window(tok_dir):
+def test_baseline_starts_from_the_agents_warm_start(tok_dir):
+    """--baseline runs the agent's warm start first (so both start from the same model); with 0
+    baseline steps its checkpoint is exactly that warm start. --init-from skips the warm start."""
+    out = fresh_out(tok_dir, "baseline-warm")
+    run_main(["--recipe", "smoke", "--baseline", "--out-dir", out, "--sft-steps", "3",
+              "--baseline-steps", "0", "--eval-n", "0"])
+    warm, base = (load_hf(os.path.join(out, d)).state_dict() for d in ("warmstart", "baseline"))
+    assert warm.keys() == base.keys() and all(torch.equal(warm[k], base[k]) for k in warm)
+
+
+def test_baseline_trains_and_stops_at_its_window(tok_dir, smoke_run):
     out = fresh_out(tok_dir, "baseline")
-    table = run_main(["--recipe", "smoke", "--baseline", "--out-dir", out, "--sft-steps", "3",
-                      "--eval-scales", "1,16"])
+    table = run_main(["--recipe", "smoke", "--baseline", "--out-dir", out, "--baseline-steps", "3",
+                      "--init-from", os.path.join(smoke_run[0], "warmstart"), "--eval-scales", "1,16"])
     row = table["full attention"]
     assert row["16x"] is None and 0.0 <= row["1x"] <= 1.0  # 16 x 256 tokens cannot fit 2048 positions
     with open(os.path.join(out, "baseline", "meta.json")) as f:
         assert json.load(f)["full_attention"] is True
     assert not os.path.exists(os.path.join(out, "rl"))  # no RL for the baseline
+    assert not os.path.exists(os.path.join(out, "warmstart"))  # --init-from: no warm start of its own
 
 
 def test_baseline_examples_fill_the_window(tok_dir):
