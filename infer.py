@@ -10,6 +10,8 @@ The agent reads the document in chunks of `chunk_tokens`; after each chunk it re
 memory after every turn shows what the policy chose to keep. `--eval` measures accuracy, tokens/s
 and peak memory over document lengths: the extrapolation table. The agent geometry (chunk, memory
 and answer budgets, prompt variant) comes from the checkpoint's training config unless overridden.
+`--eval --baseline CKPT` adds a full-attention checkpoint (train.py --baseline) on the same
+documents; `--baseline-positions N` lets it read past the positions it was built for.
 """
 
 import argparse
@@ -125,8 +127,10 @@ def kv_megabytes(model, tokens):
 def evaluate(model, tokenizer, cfg, args, baseline=None):
     """Accuracy, tokens/s and peak memory per document length, greedy, on held-out seeds.
 
-    baseline = (model, tokenizer, compact, answer_tokens) of a full-attention checkpoint: it answers
-    the SAME documents with each whole document in its window; beyond its positions it is not run.
+    baseline = (model, tokenizer, compact, answer_tokens, trained_positions) of a full-attention
+    checkpoint: it answers the SAME documents with each whole document in its window; beyond its
+    positions (model.config.max_position_embeddings: --baseline-positions may raise it past
+    trained_positions) it is not run.
     """
     device = model.lm_head.weight.device
     rows = []
@@ -162,7 +166,7 @@ def evaluate(model, tokenizer, cfg, args, baseline=None):
 
 def run_baseline(baseline, samples, args, tokens):
     """The full-attention columns of one length: accuracy (None beyond the window), time, memory."""
-    model, tokenizer, compact, answer_tokens = baseline
+    model, tokenizer, compact, answer_tokens, trained_positions = baseline
     device = model.lm_head.weight.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -179,7 +183,7 @@ def run_baseline(baseline, samples, args, tokens):
         status = f"beyond {model.config.max_position_embeddings} positions"
     ok = status == "ok"
     longest = max(len(a.prompt_ids) for a in answers) + answer_tokens if ok else 0
-    return dict(baseline_status=status,
+    return dict(baseline_status=status, baseline_extrapolated=longest > trained_positions,
                 baseline_accuracy=100 * sum(a.reward for a in answers) / len(answers) if ok else None,
                 baseline_seconds=seconds if ok else None,
                 baseline_tok_s=tokens / seconds if ok else None,
@@ -201,7 +205,9 @@ def print_table(rows):
     for r in rows:
         agent = f"| {r['length']} | {r['n']} | {r['accuracy']:.1f} | {r['seconds']:.1f} | {r['kv_mb']:.2f} |"
         if r["baseline_status"] == "ok":
-            print(agent + f" {r['baseline_accuracy']:.1f} | {r['baseline_seconds']:.1f} | {r['baseline_kv_mb']:.2f} |")
+            note = " (positions extrapolated)" if r["baseline_extrapolated"] else ""
+            print(agent + f" {r['baseline_accuracy']:.1f}{note} | {r['baseline_seconds']:.1f} | "
+                          f"{r['baseline_kv_mb']:.2f} |")
         else:
             print(agent + f" {r['baseline_status']} | - | - |")
 
@@ -231,6 +237,9 @@ def main(argv=None):
     ev.add_argument("--batch", type=int, default=8, help="documents read together")
     ev.add_argument("--baseline", metavar="CKPT", help="a full-attention checkpoint (train.py --baseline) "
                                                        "to run on the same documents, side by side")
+    ev.add_argument("--baseline-positions", type=int, metavar="N",
+                    help="let the baseline read up to N positions instead of the ones it was built "
+                         "for: RoPE then extrapolates to positions it never trained on")
     g = p.add_argument_group("agent and sampling (default: the checkpoint's geometry, greedy)")
     g.add_argument("--chunk-tokens", type=int)
     g.add_argument("--memory-tokens", type=int)
@@ -251,6 +260,8 @@ def main(argv=None):
         fail("give either --file with --question, or --task")
     if args.baseline and not args.eval:
         fail("--baseline goes with --eval (it adds the full-attention columns to the table)")
+    if args.baseline_positions is not None and (not args.baseline or args.baseline_positions < 1):
+        fail("--baseline-positions needs --baseline and a positive number of positions")
     if args.file is not None and not args.question:
         fail("--file needs --question")
     device = torch.device(args.device)
@@ -265,8 +276,11 @@ def main(argv=None):
         baseline = None
         if args.baseline:
             b_model, b_tok, b_cfg = load_agent(args.baseline, device, dtype)
+            trained_positions = b_model.config.max_position_embeddings
+            if args.baseline_positions:
+                b_model.config.max_position_embeddings = args.baseline_positions
             baseline = (b_model, b_tok, b_cfg.get("prompts", "compact") != "full",
-                        b_cfg.get("answer_tokens", cfg.answer_tokens))
+                        b_cfg.get("answer_tokens", cfg.answer_tokens), trained_positions)
         rows = evaluate(model, tokenizer, cfg, args, baseline)
         if args.json:
             print(json.dumps(rows))

@@ -65,6 +65,20 @@ def test_eval_beside_the_full_attention_baseline(ckpt, capsys):
     assert "| 3000 | 1 |" in out and "beyond 2048 positions" in out
 
 
+def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, capsys):
+    """The tiny checkpoint has 2048 positions: a 3k document is beyond them unless
+    --baseline-positions raises the limit, and then its row says the positions were extrapolated."""
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
+                        "--n", "1", "--baseline", ckpt, "--baseline-positions", "4096", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["baseline_status"] for r in rows] == ["ok", "ok"]
+    assert [r["baseline_extrapolated"] for r in rows] == [False, True]
+    assert rows[1]["baseline_kv_mb"] > 5 * rows[0]["baseline_kv_mb"]  # its cache grows with the document
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "3k",
+                        "--n", "1", "--baseline", ckpt, "--baseline-positions", "4096"], capsys)
+    assert "(positions extrapolated)" in out
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda d: ["--file", str(d / "missing.txt"), "--question", "q"], "no such file"),
     (lambda d: ["--file", str(d.joinpath("bin.txt")), "--question", "q"], "is not UTF-8"),
@@ -74,6 +88,7 @@ def test_eval_beside_the_full_attention_baseline(ckpt, capsys):
     (lambda d: ["--task", "nope"], "unknown task 'nope'"),
     (lambda d: ["--file", str(d.joinpath("ok.txt"))], "--file needs --question"),
     (lambda d: ["--task", "vt", "--baseline", "x"], "--baseline goes with --eval"),
+    (lambda d: ["--task", "vt", "--eval", "--baseline-positions", "4096"], "--baseline-positions needs --baseline"),
 ])
 def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
