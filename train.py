@@ -139,7 +139,7 @@ RECIPES = {
     "cpu-demo": {},
     # a few seconds: the tests' pipeline
     "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed",
-                  sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
+                  sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1, baseline_steps=4,
                   dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1),
     # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
     "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
@@ -165,6 +165,8 @@ HELP = {
     "baseline": "train the FULL-ATTENTION baseline instead: the agent's warm start (or --init-from), "
                 "then --baseline-steps supervised steps answering with the whole document in the "
                 "window; saved in OUT_DIR/baseline",
+    "baseline_steps": "--baseline: full-attention supervised steps after the warm start, the first half "
+                      "on copy-curriculum documents (this replaces --short-chunk-steps there)",
 }
 
 
@@ -187,6 +189,9 @@ def parse_args(argv=None):
     values.update({k: v for k, v in vars(args).items() if v is not None})
     if values.get("baseline") and "out_dir" not in values:
         values["out_dir"] = "out/baseline"  # never overwrite the agent's run
+    if values.get("baseline") and values.get("resume"):
+        parser.error("--resume continues an RL run; the --baseline run has no checkpoint to resume "
+                     "(pass --init-from OUT_DIR/warmstart to skip its warm start)")
     cfg = TrainConfig(**values)
     if cfg.model not in MODEL_PRESETS:
         parser.error(f"unknown model preset {cfg.model!r}; choose one of {', '.join(MODEL_PRESETS)}")
@@ -252,6 +257,9 @@ def setup_distributed(cfg):
         # NCCL's default 10-minute timeout would abort such a wait, so allow hours
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
         RANK, WORLD = dist.get_rank(), dist.get_world_size()
+    if WORLD > 1 and COMM_DEVICE != "cpu" and cfg.device not in ("auto", "cuda", COMM_DEVICE):
+        raise SystemExit(f"train.py: under torchrun each rank uses its own GPU ({COMM_DEVICE} here); "
+                         f"pass --device cuda or auto, not {cfg.device}")
     if cfg.device == "auto":
         cfg.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     if cfg.batch_size % WORLD:
@@ -1045,8 +1053,10 @@ def warm_start_and_save(cfg, model, tokenizer, data):
     print0(f"== warm start: {cfg.sft_steps} supervised steps, question-agnostic memory targets")
     warm_start(cfg, model, tokenizer, data)
     if RANK == 0:
+        # an agent's checkpoint even in a --baseline run (infer.py refuses baseline ones as agents)
+        agent_cfg = dataclasses.replace(cfg, baseline=False)
         save_checkpoint(model, os.path.join(cfg.out_dir, "warmstart"), tokenizer_file=tokenizer.files(),
-                        meta={"config": dataclasses.asdict(cfg)})
+                        meta={"config": dataclasses.asdict(agent_cfg)})
 
 
 def baseline_main(cfg, model, tokenizer, data, t_start):
@@ -1054,6 +1064,9 @@ def baseline_main(cfg, model, tokenizer, data, t_start):
     training, then its evaluation table (no RL)."""
     if not cfg.init_from and cfg.sft_steps > 0:
         warm_start_and_save(cfg, model, tokenizer, data)
+    elif not cfg.init_from:
+        print0("note: --sft-steps 0 without --init-from: the baseline starts from random weights "
+               "(from scratch it may never learn to find the needle: README)")
     train_baseline(cfg, model, tokenizer, data)
     if RANK == 0:
         save_checkpoint(model, os.path.join(cfg.out_dir, "baseline"), tokenizer_file=tokenizer.files(),

@@ -32,7 +32,7 @@ def test_agent_bench_runs_with_an_lm_head_larger_than_the_tokenizer(tmp_path):
            "--vocab-size", str(4 * n_ids), "--tokenizer-dir", tok_dir, "--device", "cpu",
            "--task", "niah_single_noise", "--base-length", "200", "--batch", "2",
            "--chunk-tokens", "64", "--memory-tokens", "8", "--answer-tokens", "4"]
-    # before TokenizerSizedLogits, 3 of every 4 sampled ids were beyond the tokenizer: "ids out of range"
+    # a plain Qwen2 here samples 3 ids in 4 beyond the tokenizer and fails with "ids out of range"
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr[-2000:]

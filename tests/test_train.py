@@ -99,6 +99,7 @@ def test_recipes_and_overrides():
     (["--notes", "restate", "--task", "hotpot_synth"], "--notes restate needs"),
     (["--dtype", "float16"], "gradient scaler"),
     (["--rollout-rows", "-1"], "--rollout-rows must be >= 0"),
+    (["--baseline", "--resume"], "no checkpoint to resume"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -434,13 +435,33 @@ def test_ddp_gloo_two_processes(tok_dir, smoke_run):
 
 
 def test_baseline_starts_from_the_agents_warm_start(tok_dir):
-    """--baseline runs the agent's warm start first (so both start from the same model); with 0
-    baseline steps its checkpoint is exactly that warm start. --init-from skips the warm start."""
-    out = fresh_out(tok_dir, "baseline-warm")
-    run_main(["--recipe", "smoke", "--baseline", "--out-dir", out, "--sft-steps", "3",
+    """--baseline runs the agent's warm start first: bit-identical to an agent run's, saved as an
+    agent checkpoint; with 0 baseline steps the baseline checkpoint is exactly that warm start."""
+    base_out, agent_out = fresh_out(tok_dir, "baseline-warm"), fresh_out(tok_dir, "agent-warm")
+    run_main(["--recipe", "smoke", "--baseline", "--out-dir", base_out, "--sft-steps", "3",
               "--baseline-steps", "0", "--eval-n", "0"])
-    warm, base = (load_hf(os.path.join(out, d)).state_dict() for d in ("warmstart", "baseline"))
-    assert warm.keys() == base.keys() and all(torch.equal(warm[k], base[k]) for k in warm)
+    run_main(["--recipe", "smoke", "--out-dir", agent_out, "--sft-steps", "3", "--rl-steps", "0", "--eval-n", "0"])
+    agent_warm = load_hf(os.path.join(agent_out, "warmstart")).state_dict()
+    warm, base = (load_hf(os.path.join(base_out, d)).state_dict() for d in ("warmstart", "baseline"))
+    for other in (warm, base):
+        assert other.keys() == agent_warm.keys() and all(torch.equal(agent_warm[k], other[k]) for k in other)
+    with open(os.path.join(base_out, "warmstart", "meta.json")) as f:
+        assert json.load(f)["config"]["baseline"] is False  # infer.py loads it as an agent
+
+
+def test_baseline_steps_split_between_curriculum_and_whole_documents(monkeypatch):
+    """train_baseline runs --baseline-steps supervised steps, the first half on the copy
+    curriculum's short documents whatever --short-chunk-steps says (that is the warm start's)."""
+    seen = {}
+
+    def fake_supervised(cfg, model, conversations_of, label):
+        seen.update(steps=cfg.sft_steps, curriculum=[train.in_copy_curriculum(cfg, None, s) for s in range(cfg.sft_steps)])
+
+    monkeypatch.setattr(train, "supervised", fake_supervised)
+    monkeypatch.setattr(train, "baseline_max_scale", lambda cfg, model, tok: 4.0)
+    cfg = train.parse_args(["--baseline", "--baseline-steps", "10", "--short-chunk-steps", "300"])
+    train.train_baseline(cfg, None, None, None)
+    assert seen == dict(steps=10, curriculum=[True] * 5 + [False] * 5)
 
 
 def test_baseline_trains_and_stops_at_its_window(tok_dir, smoke_run):
