@@ -976,13 +976,15 @@ def main(argv=None):
     if cfg.resume and not resuming:
         print0(f"--resume: no checkpoint in {ckpt} yet, starting from the beginning")
 
-    # 1. warm start (or a loaded checkpoint), evaluated once
-    if resuming and os.path.exists(table_path):
-        with open(table_path) as f:
-            table = json.load(f)
+    # 1. warm start (or a loaded checkpoint), evaluated once; a resumed run does neither again
+    # (load_state below restores the model) and keeps the table it already has
+    if resuming:
+        if os.path.exists(table_path):
+            with open(table_path) as f:
+                table = json.load(f)
     elif not cfg.init_from and cfg.sft_steps > 0:
         warm_start_and_save(cfg, model, tokenizer, data)
-    if "warm start" not in table and cfg.eval_n > 0:
+    if not resuming and cfg.eval_n > 0:
         print0("== evaluating the starting policy")
         table["warm start"] = evaluate(cfg, model, tokenizer, data, "warm start")
         if RANK == 0:

@@ -394,6 +394,20 @@ def test_resume_continues_exactly(tok_dir, smoke_run):
     assert "incompatible" in str(e.value)
 
 
+def test_resume_does_not_redo_the_warm_start(tok_dir, monkeypatch):
+    out = fresh_out(tok_dir, "resume-warm")
+    common = ["--recipe", "smoke", "--out-dir", out, "--eval-n", "0"]
+    run_main(common + ["--rl-steps", "1"])
+    os.remove(os.path.join(out, "eval.json"))  # as if stopped mid-run: with --eval-n 0 none is written before the end
+
+    def again(*args):
+        raise AssertionError("a resumed run re-ran the warm start")
+
+    monkeypatch.setattr(train, "warm_start", again)
+    run_main(common + ["--rl-steps", "2", "--resume"])
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tok_dir, smoke_run, monkeypatch):
     out = fresh_out(tok_dir, "nan")
     real = dapo.policy_loss
