@@ -139,8 +139,8 @@ RECIPES = {
     "cpu-demo": {},
     # a few seconds: the tests' pipeline
     "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed",
-                  sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1, baseline_steps=4,
-                  dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1),
+                  sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
+                  dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1, baseline_steps=4),
     # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
     "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
                   chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192,
@@ -969,7 +969,7 @@ def main(argv=None):
         return baseline_main(cfg, model, tokenizer, data, t_start)
 
     ckpt = os.path.join(cfg.out_dir, "ckpt")
-    warm_dir = os.path.join(cfg.out_dir, "warmstart")  # warm_start_and_save's
+    warm_dir = os.path.join(cfg.out_dir, "warmstart")  # where warm_start_and_save puts the warm start
     table_path = os.path.join(cfg.out_dir, "eval.json")
     table = {}
     resuming = cfg.resume and os.path.exists(os.path.join(ckpt, "trainer.pt"))
