@@ -139,7 +139,8 @@ def bench_agent(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="model preset (model.PRESETS)")
-    p.add_argument("--vocab-size", type=int, default=None, help="lm_head rows; default: the preset's (tiny/small: the tokenizer's)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="lm_head rows; default: the preset's (tiny/small: the tokenizer's)")
     p.add_argument("--batch", type=int, nargs="+", default=None,
                    help="batch sizes (default 1 8); agent mode: documents read together (default 4)")
     p.add_argument("--prompt-len", type=int, default=512)

@@ -139,8 +139,8 @@ def test_two_rl_steps_from_a_tiny_hf_checkpoint(hf_dir, tmp_path):
     torch.manual_seed(0)
     transformers.Qwen2ForCausalLM(cfg).save_pretrained(ckpt, safe_serialization=True)
     out = tmp_path / "run"
-    train.main(["--recipe", "smoke", "--device", "cpu", "--init-from", ckpt, "--out-dir", str(out), "--rl-steps", "2",
-                "--eval-n", "0"])
+    train.main(["--recipe", "smoke", "--device", "cpu", "--init-from", ckpt, "--out-dir", str(out),
+                "--rl-steps", "2", "--eval-n", "0"])
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines if "step" in l][-2:] == [1, 2]
     assert (out / "rl" / "model.safetensors").exists()

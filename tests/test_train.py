@@ -398,7 +398,8 @@ def test_resume_does_not_redo_the_warm_start(tok_dir, monkeypatch):
     out = fresh_out(tok_dir, "resume-warm")
     common = ["--recipe", "smoke", "--out-dir", out, "--eval-n", "0"]
     run_main(common + ["--rl-steps", "1"])
-    os.remove(os.path.join(out, "eval.json"))  # as if stopped mid-run: with --eval-n 0 none is written before the end
+    # as if stopped mid-run: with --eval-n 0 no eval.json is written before the end
+    os.remove(os.path.join(out, "eval.json"))
 
     def again(*args):
         raise AssertionError("a resumed run re-ran the warm start")
@@ -454,7 +455,8 @@ def test_baseline_starts_from_the_agents_warm_start(tok_dir):
     base_out, agent_out = fresh_out(tok_dir, "baseline-warm"), fresh_out(tok_dir, "agent-warm")
     run_main(["--recipe", "smoke", "--baseline", "--out-dir", base_out, "--sft-steps", "3",
               "--baseline-steps", "0", "--eval-n", "0"])
-    run_main(["--recipe", "smoke", "--out-dir", agent_out, "--sft-steps", "3", "--rl-steps", "0", "--eval-n", "0"])
+    run_main(["--recipe", "smoke", "--out-dir", agent_out, "--sft-steps", "3", "--rl-steps", "0",
+              "--eval-n", "0"])
     agent_warm = load_hf(os.path.join(agent_out, "warmstart")).state_dict()
     warm, base = (load_hf(os.path.join(base_out, d)).state_dict() for d in ("warmstart", "baseline"))
     for other in (warm, base):
@@ -469,7 +471,8 @@ def test_baseline_steps_split_between_curriculum_and_whole_documents(monkeypatch
     seen = {}
 
     def fake_supervised(cfg, model, conversations_of, label):
-        seen.update(steps=cfg.sft_steps, curriculum=[train.in_copy_curriculum(cfg, None, s) for s in range(cfg.sft_steps)])
+        seen.update(steps=cfg.sft_steps,
+                    curriculum=[train.in_copy_curriculum(cfg, None, s) for s in range(cfg.sft_steps)])
 
     monkeypatch.setattr(train, "supervised", fake_supervised)
     monkeypatch.setattr(train, "baseline_max_scale", lambda cfg, model, tok: 4.0)
