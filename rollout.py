@@ -10,10 +10,11 @@ The engine, `generate`, is what every rollout turn calls:
   3. each row samples independently from its own distribution (temperature, top-k, top-p) with a
      seeded generator; a row that emits a stop id is finished and stops producing tokens.
 
-For RL, every sampled token also gets its log-probability under the model, computed from the raw
-(temperature 1) logits: log softmax(logits)[token]. With temperature 1 and no top-k/top-p that is the
-probability the token was sampled with, i.e. the "old policy" log-prob that the DAPO importance
-ratio divides by. With other sampling settings it is still the policy's log-prob, not the sampler's.
+For RL, every sampled token also gets its log-probability under the distribution it was sampled
+from: log softmax(logits / temperature)[token] (temperature 1 for greedy rows). That is the "old
+policy" log-prob the DAPO importance ratio divides by, and the trainer scores with the same
+temperature (as verl does). Top-k / top-p truncation is not in it: training samples with neither
+(design.md: temperature 1.0, top-p 1.0).
 """
 
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from memagent.tokenizer import chat_prompt
 class Generation:
     """What `generate` returns for one row."""
     tokens: list  # sampled ids, the stop id included when the row stopped on one
-    logprobs: list  # log p(token) under the model's temperature-1 distribution, one per token
+    logprobs: list  # log p(token) under softmax(logits / temperature) (temperature 1 if greedy), one per token
     stop_reason: str  # "stop" (emitted a stop id) or "length" (ran out of max_new_tokens)
 
 
@@ -45,16 +46,28 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     [0.5, 0.3, 0.15, 0.05] with top_p=0.8 keep the first two (0.5 + 0.3 reaches 0.8).
     """
     if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        keep = torch.topk(logits, top_k, dim=-1).indices  # (B, top_k): exactly k ids, even among ties
+        drop = torch.ones_like(logits, dtype=torch.bool).scatter(-1, keep, False)
+        logits = logits.masked_fill(drop, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-        drop_sorted = mass_before >= top_p  # (B, V), never drops the first token
+        drop_sorted = mass_before >= top_p  # (B, V)
+        drop_sorted[:, 0] = False  # the most likely token stays, even with top_p = 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def check_sampling(temperature, top_k, top_p):
+    """Raise a clear error for sampling settings that have no meaning."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
 
 def sample_next(logits, temperature, top_k, top_p, generator):
@@ -85,6 +98,12 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         return []
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
+    ids = torch.tensor([t for p in prompts for t in p])  # every prompt id, flat
+    V = model.config.vocab_size
+    if ids.is_floating_point() or ids.is_complex() or ids.min() < 0 or ids.max() >= V:
+        raise ValueError(f"generate: prompt ids must be integers in [0, {V}) (the model's vocabulary), "
+                         f"got values from {ids.min().item()} to {ids.max().item()}")
+    check_sampling(temperature, top_k, top_p)
     budgets = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != B or min(budgets) < 1:
         raise ValueError(f"generate: need one budget >= 1 per prompt, got {max_new_tokens}")
@@ -98,7 +117,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     T = max(len(p) for p in prompts)
     if generator is None:
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:
+            generator.seed()  # a fresh random seed for this generator only (the global RNG is untouched)
+        else:
+            generator.manual_seed(seed)
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
 
     # right-pad the prompts into one (B, T) tensor; padding sits after each row's real tokens
@@ -118,7 +140,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     check_every = 1 if device.type == "cpu" else 16  # polling `finished` syncs with the GPU
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        logprob = F.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)  # (B,)
+        scaled = logits / temperature if temperature > 0 else logits  # the distribution `token` came from
+        logprob = F.log_softmax(scaled, dim=-1).gather(-1, token[:, None]).squeeze(-1)  # (B,)
         active = ~finished
         out_tokens[:, step] = torch.where(active, token, pad_id)
         out_logprobs[:, step] = torch.where(active, logprob, 0.0)
@@ -166,6 +189,14 @@ class AgentConfig:
     top_k: int = 0
     max_rows: int = 0  # most rows per generate call (bounds the KV cache and prefill); 0 = all
 
+    def __post_init__(self):
+        for name in ("chunk_tokens", "memory_tokens", "answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_rows < 0:
+            raise ValueError(f"max_rows must be >= 0 (0 = all rows in one call), got {self.max_rows}")
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
 
 @dataclass
 class Conversation:
@@ -176,7 +207,7 @@ class Conversation:
     is_final: bool
     prompt_ids: list
     response_ids: list  # the sampled tokens, stop token included when the reply stopped
-    logprobs: list  # log p of each response token under the sampling policy (temperature-1 logits)
+    logprobs: list  # log p of each response token under the sampling policy (softmax(logits / temperature))
     truncated: bool  # the reply hit its budget without a stop token
 
 
@@ -240,17 +271,19 @@ def chunk_ids(context_ids, chunk_tokens):
 def check_window(tokenizer, problem_lengths, cfg, max_positions):
     """Raise a clear error if the longest conversation cannot fit the model's positions.
 
-    The longest memory turn is template + problem + memory_tokens + chunk_tokens, plus its reply
-    (memory_tokens); the final turn is template + problem + memory_tokens + answer_tokens.
+    The longest memory turn is template + problem + memory + chunk_tokens, plus its reply
+    (memory_tokens); the final turn is template + problem + memory + answer_tokens. The memory in a
+    prompt is a reply (at most memory_tokens) or, before the first reply, the initial memory text.
     """
     template = len(memory_turn_ids(tokenizer, [], [], [], cfg.compact_prompts))
     final_template = len(final_turn_ids(tokenizer, [], [], cfg.compact_prompts))
     problem = max(problem_lengths)
-    memory_turn = template + problem + cfg.memory_tokens + cfg.chunk_tokens + cfg.memory_tokens
-    final_turn = final_template + problem + cfg.memory_tokens + cfg.answer_tokens
+    memory = max(cfg.memory_tokens, len(tokenizer.encode(initial_memory(cfg.compact_prompts))))
+    memory_turn = template + problem + memory + cfg.chunk_tokens + cfg.memory_tokens
+    final_turn = final_template + problem + memory + cfg.answer_tokens
     if max(memory_turn, final_turn) > max_positions:
         raise ValueError(
-            f"window too small: template {template} + problem {problem} + memory {cfg.memory_tokens} "
+            f"window too small: template {template} + problem {problem} + memory {memory} "
             f"+ chunk {cfg.chunk_tokens} + reply {cfg.memory_tokens} = {memory_turn} tokens "
             f"(final turn: {final_turn}) > the model's {max_positions} positions; lower "
             f"--chunk-tokens or --memory-tokens, or use a model with more positions")
@@ -299,6 +332,8 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
         generator = torch.Generator(device=model.lm_head.weight.device)
         generator.manual_seed(seed)
         policy = model_policy(model, generator)
+    if not samples:
+        return []
     if max_positions is None:
         max_positions = model.config.max_position_embeddings
     stop_ids = list(tokenizer.stop_ids)

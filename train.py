@@ -215,6 +215,13 @@ def parse_args(argv=None):
         parser.error(f"--init-from {cfg.init_from}: no such directory")
     if cfg.group_size < 1 or cfg.batch_size < 1 or cfg.mini_batches < 1 or cfg.micro_batch < 1:
         parser.error("--group-size, --batch-size, --mini-batches and --micro-batch must be >= 1")
+    if min(cfg.chunk_tokens, cfg.memory_tokens, cfg.answer_tokens) < 1:
+        parser.error("--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1")
+    if not cfg.temperature > 0:
+        parser.error(f"--temperature must be > 0: RL samples its rollouts (greedy rollouts of a group "
+                     f"are identical and carry no signal); got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {cfg.top_p}")
     if cfg.rollout_rows < 0:
         parser.error(f"--rollout-rows must be >= 0 (0 = all rows in one call), not {cfg.rollout_rows}")
     try:
@@ -838,6 +845,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
             responses = [c.response_ids for c, _ in micro]
             with autocast(cfg):
                 logits = response_logits(model, prompts, responses)  # (B, R, V)
+            if cfg.temperature != 1.0:  # score under the distribution the rollouts sampled from
+                logits = logits / cfg.temperature
             B, R = logits.shape[:2]
             dev = logits.device
             targets = pad_rows(responses, R, dtype=torch.long, device=dev)  # (B, R)
@@ -848,7 +857,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
             logp_ref = None
             if ref_model is not None:
                 with torch.no_grad(), autocast(cfg):
-                    logp_ref = dapo.logprobs_from_logits(response_logits(ref_model, prompts, responses), targets)
+                    ref_logits = response_logits(ref_model, prompts, responses) / cfg.temperature
+                    logp_ref = dapo.logprobs_from_logits(ref_logits, targets)
             loss, m_stats = dapo.policy_loss(
                 logp, logp_old, advantages, mask, eps_low=cfg.clip_low, eps_high=cfg.clip_high,
                 dual_clip_c=cfg.dual_clip or None, agg=cfg.loss_agg, token_normalizer=token_norm,

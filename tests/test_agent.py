@@ -13,7 +13,7 @@ import torch
 
 from memagent.reward import extract_boxed
 from model import ModelConfig, Qwen2
-from rollout import AgentConfig, Generation, chunk_ids, run_agent
+from rollout import AgentConfig, Generation, check_window, chunk_ids, run_agent
 
 
 class CharTokenizer:
@@ -179,6 +179,29 @@ def test_window_check_names_the_numbers():
     samples = samples_of_lengths([2])
     with pytest.raises(ValueError, match=r"window too small: .*memory 40 \+ chunk 60 .*> the model's 100 positions"):
         run_agent(None, TOK, samples, CFG, policy=scripted_policy([]), max_positions=100)
+
+
+def test_window_check_covers_every_conversation_even_with_a_long_initial_memory():
+    # memory_tokens=2 is shorter than the initial memory "None." (5 ids): turn 0's prompt holds 5
+    cfg = AgentConfig(chunk_tokens=60, memory_tokens=2, answer_tokens=12, compact_prompts=True)
+    samples = samples_of_lengths([3]) + [dict(question="What is the code of k1a?", task="niah_single_noise",
+                                              context="", answers=["1"])]  # an empty document: final turn only
+    window = check_window(TOK, [len(TOK.encode(s["question"])) for s in samples], cfg, 10**9)
+    rollouts = run_agent(None, TOK, samples, cfg, policy=scripted_policy([]), max_positions=window)
+    longest = max(len(c.prompt_ids) + (cfg.answer_tokens if c.is_final else cfg.memory_tokens)
+                  for r in rollouts for c in r.conversations)
+    assert longest == window  # the bound is tight: turn 0 with the initial memory is the longest
+    with pytest.raises(ValueError, match="window too small"):
+        run_agent(None, TOK, samples, cfg, policy=scripted_policy([]), max_positions=window - 1)
+
+
+def test_no_samples_no_rollouts_and_bad_budgets_are_named():
+    assert run_agent(None, TOK, [], CFG, policy=scripted_policy([])) == []
+    for name in ("chunk_tokens", "memory_tokens", "answer_tokens"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+            AgentConfig(**{name: 0})
+    with pytest.raises(ValueError, match="top_p must be in"):
+        AgentConfig(top_p=0.0)
 
 
 def test_chunking_is_exact():

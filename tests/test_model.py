@@ -163,6 +163,45 @@ def test_generate_logprobs_match_a_fresh_forward(device):
         assert gen.logprobs == pytest.approx(expected, abs=1e-5 if device == "cpu" else 1e-4)
 
 
+def test_logprobs_are_under_the_tempered_distribution_the_tokens_came_from():
+    model = tiny_model(seed=1)
+    prompts = [[3, 4, 5], [9, 8, 7, 6]]
+    for temperature in (0.5, 1.7):
+        gens = generate(model, prompts, max_new_tokens=8, temperature=temperature, seed=0)
+        for p, gen in zip(prompts, gens):
+            with torch.no_grad():
+                logits = model(torch.tensor([p + gen.tokens]))[0]  # (T, V)
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            expected = [logp[len(p) - 1 + i, t].item() for i, t in enumerate(gen.tokens)]
+            assert gen.logprobs == pytest.approx(expected, abs=1e-5)
+    greedy = generate(model, prompts[:1], max_new_tokens=4, temperature=0)[0]  # greedy: temperature 1
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompts[0] + greedy.tokens]))[0], dim=-1)
+    assert greedy.logprobs == pytest.approx([logp[2 + i, t].item() for i, t in enumerate(greedy.tokens)], abs=1e-5)
+
+
+def test_generate_without_a_seed_leaves_the_global_rng_alone():
+    model = tiny_model(seed=1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    generate(model, [[1, 2]], max_new_tokens=3, temperature=1.0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("prompts, kwargs, message", [
+    ([[1, 2, 101]], {}, r"integers in \[0, 101\).*from 1 to 101"),
+    ([[-1, 2]], {}, r"integers in \[0, 101\)"),
+    ([[1.5, 2]], {}, r"integers in \[0, 101\)"),
+    ([[1, 2]], {"temperature": -1.0}, "temperature must be >= 0"),
+    ([[1, 2]], {"top_k": -2}, "top_k must be >= 0"),
+    ([[1, 2]], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+])
+def test_generate_rejects_bad_input_by_name(prompts, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_model(), prompts, max_new_tokens=2, **kwargs)
+
+
 def test_stop_ids_and_budget():
     model = tiny_model(seed=2)
     prompt = [[5, 6, 7]]
@@ -197,6 +236,11 @@ def test_top_k_one_is_greedy_and_top_p_filter_by_hand():
     assert kept == [True, True, True, False]
     kept = filter_logits(logits[:, [3, 1, 0, 2]], top_k=2).isfinite()[0].tolist()
     assert kept == [False, True, True, False]
+    kept = filter_logits(logits, top_p=0.0).isfinite()[0].tolist()
+    assert kept == [True, False, False, False]  # even top_p = 0 keeps the most likely token
+    tied = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert filter_logits(tied, top_k=1).isfinite().sum() == 1  # exactly k tokens, even among ties
+    assert filter_logits(tied, top_k=2).isfinite().sum() == 2
 
 
 def test_checkpoint_round_trip(tmp_path):

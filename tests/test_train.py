@@ -100,6 +100,10 @@ def test_recipes_and_overrides():
     (["--dtype", "float16"], "gradient scaler"),
     (["--rollout-rows", "-1"], "--rollout-rows must be >= 0"),
     (["--baseline", "--resume"], "no checkpoint to resume"),
+    (["--chunk-tokens", "0"], "--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1"),
+    (["--memory-tokens", "-3"], "must be >= 1"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -392,6 +396,19 @@ def test_resume_continues_exactly(tok_dir, smoke_run):
     with pytest.raises(SystemExit) as e:
         run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--chunk-tokens", "80"])
     assert "incompatible" in str(e.value)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.5])
+def test_rl_scores_at_the_sampling_temperature(tok_dir, smoke_run, temperature):
+    """One mini-batch: every conversation is scored before the update, so the trainer's log-probs
+    must equal the rollout's (ratio 1, no clipping, zero KL estimate) at any sampling temperature."""
+    out = fresh_out(tok_dir, f"temperature-{temperature}")
+    run_main(["--recipe", "smoke", "--out-dir", out, "--eval-n", "0", "--rl-steps", "1", "--mini-batches", "1",
+              "--temperature", str(temperature), "--init-from", os.path.join(smoke_run[0], "warmstart")])
+    (row,) = read_metrics(out)
+    assert row["trained_tokens"] > 0
+    assert row["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert row["clip_frac_low"] == row["clip_frac_high"] == 0.0
 
 
 def test_resume_does_not_redo_the_warm_start(tok_dir, monkeypatch):
