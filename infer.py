@@ -2,7 +2,7 @@
 Run a trained MemAgent on a document and watch its memory, chunk by chunk.
 
   python infer.py --ckpt out/train/rl --file doc.txt --question "Who founded the company?"
-  python infer.py --ckpt out/train/rl --task niah_number_among_prices --length 128k --seed 3
+  python infer.py --ckpt out/train/rl --task niah_number_among_prices --length 128k --seed 1000003
   python infer.py --ckpt out/train/rl --task niah_number_among_prices --eval --lengths 1k 4k 16k 64k 256k 1M
 
 The agent reads the document in chunks of `chunk_tokens`; after each chunk it rewrites its memory
@@ -23,7 +23,7 @@ import time
 import torch
 
 from memagent.reward import score_answer
-from memagent.tasks import TASKS, make_sample, parse_length
+from memagent.tasks import TASKS, make_sample_retry, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import load_checkpoint
 from rollout import AgentConfig, check_window, run_agent, run_full_attention
@@ -78,11 +78,14 @@ def agent_config(args, train_cfg, tokenizer):
     else:
         defaults = dict(chunk_tokens=256, memory_tokens=64, answer_tokens=32, prompts="compact")
     prompts = train_cfg.get("prompts", defaults["prompts"])
-    return AgentConfig(chunk_tokens=pick("chunk_tokens", defaults["chunk_tokens"]),
-                       memory_tokens=pick("memory_tokens", defaults["memory_tokens"]),
-                       answer_tokens=pick("answer_tokens", defaults["answer_tokens"]),
-                       compact_prompts=prompts != "full",
-                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    try:
+        return AgentConfig(chunk_tokens=pick("chunk_tokens", defaults["chunk_tokens"]),
+                           memory_tokens=pick("memory_tokens", defaults["memory_tokens"]),
+                           answer_tokens=pick("answer_tokens", defaults["answer_tokens"]),
+                           compact_prompts=prompts != "full",
+                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    except ValueError as e:  # a budget below 1, a negative temperature, top_p outside (0, 1], ...
+        fail("--" + str(e).replace("_", "-"))
 
 
 def run_one(model, tokenizer, sample, cfg, args):
@@ -137,7 +140,7 @@ def evaluate(model, tokenizer, cfg, args, baseline=None):
     for length_text in args.lengths:
         length = parse_length_or_fail(length_text)
         try:
-            samples = [make_sample(args.task, length, args.seed + i, tokenizer) for i in range(args.n)]
+            samples = [make_sample_retry(args.task, length, args.seed + i, tokenizer) for i in range(args.n)]
         except ValueError as e:
             fail(str(e))
         if device.type == "cuda":
@@ -228,7 +231,7 @@ def main(argv=None):
     src.add_argument("--file", help="a UTF-8 text file to read")
     src.add_argument("--question", help="the question to answer about --file")
     src.add_argument("--task", help=f"a generated sample instead: one of {', '.join(TASKS)}")
-    src.add_argument("--length", default="4k", help="context length of the generated sample, e.g. 128k or 1M")
+    src.add_argument("--length", help="context length of the generated sample, e.g. 128k or 1M (default 4k)")
     src.add_argument("--seed", type=int, default=1_000_000, help="sample seed (held out from training)")
     ev = p.add_argument_group("evaluation table (--eval)")
     ev.add_argument("--eval", action="store_true", help="accuracy / speed / memory over --lengths")
@@ -264,6 +267,14 @@ def main(argv=None):
         fail("--baseline-positions needs --baseline and a positive number of positions")
     if args.file is not None and not args.question:
         fail("--file needs --question")
+    if args.question is not None and args.file is None:
+        fail("--question goes with --file (a --task sample brings its own question)")
+    if args.eval and args.file is not None:
+        fail("--eval measures generated --task documents; run --file without --eval")
+    if args.eval and args.length is not None:
+        fail("--eval reads --lengths (several); --length is for a single document")
+    if args.n < 1 or args.batch < 1:
+        fail(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer, train_cfg = load_agent(args.ckpt, device, dtype)
@@ -292,7 +303,7 @@ def main(argv=None):
         sample = dict(question=args.question, context=read_document(args.file), answers=[], task="")
     else:
         try:
-            sample = make_sample(args.task, parse_length_or_fail(args.length), args.seed, tokenizer)
+            sample = make_sample_retry(args.task, parse_length_or_fail(args.length or "4k"), args.seed, tokenizer)
         except ValueError as e:
             fail(str(e))
     result = run_one(model, tokenizer, sample, cfg, args)

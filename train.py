@@ -83,7 +83,7 @@ class TrainConfig:
     task: str = "niah_number_among_prices"  # memagent.tasks.TASKS
     data: str = ""  # a JSONL of samples (or HotpotQA .json) instead of generated tasks
     train_length: int = 384  # training document length in tokens
-    n_docs: int = 0  # hotpot_synth: document count instead of a token length
+    n_docs: int = 0  # hotpot_synth or a HotpotQA .json: document count instead of a token length
     vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
     # agent geometry
     chunk_tokens: int = 48  # 8 chunks of a 384-token document: half hold a needle, half none
@@ -156,7 +156,9 @@ RECIPES["shipped"] = dict(RECIPES["paper"], clip_high=0.20, kl_coef=0.001, adv_s
 HELP = {
     "recipe": "named preset of every setting below: " + ", ".join(RECIPES),
     "init_from": "start from a HF Qwen2 checkpoint directory (weights via model.load_hf)",
-    "data": "train/eval on this JSONL of {question, context, answers} (or a HotpotQA .json)",
+    "data": "train/eval on this JSONL of {question, context, answers}, or on an official HotpotQA .json "
+            "(RULER-HotpotQA: each question's paragraphs + distractors, --n-docs a question, the paper's "
+            "200, or ~--train-length tokens; eval at --eval-scales x that); the last --eval-n are held out",
     "clip_high": "DAPO clip-higher eps_high", "clip_low": "eps_low",
     "loss_agg": "one of " + ", ".join(dapo.AGG_MODES),
     "mini_batches": "optimizer steps per rollout batch",
@@ -282,11 +284,12 @@ SFT_SEED = 5 * 10**5
 
 
 def load_data(cfg):
+    """None (generated tasks), a list of samples (JSONL), or a tasks.HotpotQA file (.json)."""
     if not cfg.data:
         return None
     try:
         if cfg.data.endswith(".json"):
-            return tasks.load_hotpotqa(cfg.data)
+            return tasks.HotpotQA(cfg.data)
         return tasks.load_jsonl(cfg.data)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"train.py: {e}")
@@ -294,26 +297,31 @@ def load_data(cfg):
 
 def get_sample(cfg, tokenizer, data, index, scale=1.0):
     """Sample number `index` (training) or EVAL_SEED + i (held out) at scale x the training length."""
-    if data is not None:  # a user file: the last eval_n records are held out
+    if data is not None:  # a user file: the last eval_n questions are held out
         n_train = max(1, len(data) - cfg.eval_n)
         i = n_train + (index - EVAL_SEED) % cfg.eval_n if index >= EVAL_SEED else index % n_train
-        sample = dict(data[min(i, len(data) - 1)])
+        i = min(i, len(data) - 1)
+        if isinstance(data, tasks.HotpotQA):  # RULER-HotpotQA: n_docs (or train_length) x scale
+            seed = cfg.seed + (0 if index >= EVAL_SEED else index // n_train)  # new distractors each epoch
+            size = (dict(n_docs=round(cfg.n_docs * scale)) if cfg.n_docs else
+                    dict(length=round(cfg.train_length * scale), tokenizer=tokenizer))
+            try:
+                return data.sample(i, seed=seed, **size)
+            except ValueError as e:
+                raise SystemExit(f"train.py: {e}")
+        sample = dict(data[i])
         sample.setdefault("task", "hotpotqa")
         return sample
-    # short lengths can miss tasks.py's 2% length tolerance for some seeds (whole sentences cannot
-    # always fill the last few tokens: at 128 tokens, the copy curriculum's length, about 1 seed
-    # in 3 of niah_number_among_prices misses): then try the next seed of this index's own
-    # sequence (deterministic, so the data position stays the step)
-    for attempt in range(100):
-        seed = cfg.seed * 10**7 + index + attempt * 10**9
-        try:
-            if cfg.task == "hotpot_synth" and cfg.n_docs:
-                n_docs = max(2, round(cfg.n_docs * scale))
-                return tasks.make_sample(cfg.task, None, seed, tokenizer, n_docs=n_docs)
-            return tasks.make_sample(cfg.task, round(cfg.train_length * scale), seed, tokenizer)
-        except ValueError as e:
-            error = e
-    raise SystemExit(f"train.py: cannot make a {cfg.task} sample: {error}")
+    # (make_sample_retry: a seed whose text misses the length tolerance, common at the copy
+    # curriculum's 128 tokens, gives way to the next seed of this index's own sequence)
+    seed = cfg.seed * 10**7 + index
+    try:
+        if cfg.task == "hotpot_synth" and cfg.n_docs:
+            n_docs = max(2, round(cfg.n_docs * scale))
+            return tasks.make_sample_retry(cfg.task, None, seed, tokenizer, n_docs=n_docs)
+        return tasks.make_sample_retry(cfg.task, round(cfg.train_length * scale), seed, tokenizer)
+    except ValueError as e:
+        raise SystemExit(f"train.py: cannot make a {cfg.task} sample: {e}")
 
 
 def agent_config(cfg, temperature):
@@ -366,13 +374,13 @@ def build_model(cfg):
     return model, tokenizer
 
 
-def geometry_check(cfg, model, tokenizer):
+def geometry_check(cfg, model, tokenizer, data):
     """Print the geometry; a clear error if a conversation cannot fit the window."""
     positions = model.config.max_position_embeddings
     window = cfg.window or positions
     if window > positions:
         raise SystemExit(f"train.py: --window {window} exceeds the model's {positions} positions")
-    sample = get_sample(cfg, tokenizer, None if not cfg.data else load_data(cfg), 0)
+    sample = get_sample(cfg, tokenizer, data, 0)
     problem, document = len(tokenizer.encode(sample["question"])), len(tokenizer.encode(sample["context"]))
     try:
         need = check_window(tokenizer, [problem + 8], agent_config(cfg, 1.0), window)
@@ -381,7 +389,7 @@ def geometry_check(cfg, model, tokenizer):
     print0(f"geometry: chunk {cfg.chunk_tokens} + memory {cfg.memory_tokens} + answer "
            f"{cfg.answer_tokens} + problem ~{problem} -> longest conversation {need} of a {window}-token "
            f"window; training documents like sample 0: {document} tokens"
-           f"{f' ({cfg.n_docs} docs)' if cfg.n_docs and not cfg.data else ''}, "
+           f"{f' ({cfg.n_docs} docs)' if cfg.n_docs and not isinstance(data, list) else ''}, "
            f"{math.ceil(document / cfg.chunk_tokens)} chunks")
     plan = memory_plan(cfg, model.config, model.num_parameters(), need)
     peak = plan["training state"] + max(plan["rollout KV cache"] + plan["rollout prefill"],
@@ -900,8 +908,8 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
     model.eval()
     results = {}
     scales = [float(s) for s in cfg.eval_scales.split(",")]
-    if data is not None:
-        scales = [1.0]  # a user file has its own lengths
+    if data is not None and not isinstance(data, tasks.HotpotQA):
+        scales = [1.0]  # a JSONL file has its own lengths
     for scale in scales:
         t0 = time.time()
         mine = [EVAL_SEED + i for i in range(cfg.eval_n) if i % WORLD == RANK]
@@ -923,7 +931,7 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
                                      seed=cfg.seed, max_positions=cfg.window or None) if samples else []
             rewards = [r.reward for r in rollouts]
         correct, count = all_sum([sum(rewards), len(rewards)])
-        tokens = sum(s.get("n_tokens", 0) for s in samples)
+        tokens = sum(s.get("n_tokens") or len(tokenizer.encode(s["context"])) for s in samples)
         results[f"{scale:g}x"] = correct / max(count, 1)
         print0(f"eval {label:9s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
                f"accuracy {100 * correct / max(count, 1):5.1f}% ({time.time() - t0:.0f}s)")
@@ -971,7 +979,7 @@ def main(argv=None):
         print0("note: the paper starts RL from an instruct model: pass --init-from DIR (HF Qwen2)")
     data = load_data(cfg)
     model, tokenizer = build_model(cfg)
-    geometry_check(cfg, model, tokenizer)
+    geometry_check(cfg, model, tokenizer, data)
     if cfg.compile:
         model.forward = torch.compile(model.forward)
 

@@ -26,8 +26,9 @@ count each whitespace-led unit (" apple.") once, cache it, and add. One real enc
 finished context checks the count; if it is off by more than 1%, the budget is corrected and
 the same (seeded) text is rebuilt. A 1M-token context takes a few seconds.
 
-Command line:
-    python -m memagent.tasks --task niah_multikey --length 32k --n 128 --seed 0 --out data.jsonl
+Command line (--seed S makes samples from seeds S * 1,000,000 + i; train.py --seed 0 trains on
+S = 0 and evaluates on S = 1, so S >= 2 is unseen by it):
+    python -m memagent.tasks --task niah_multikey --length 32k --n 128 --seed 2 --out data.jsonl
 """
 import argparse
 import itertools
@@ -37,6 +38,9 @@ import random
 import re
 import sys
 import time
+from fractions import Fraction
+
+from memagent.reward import REWARD_KIND
 
 LENGTH_TOLERANCE = 0.02  # a context's token count is within 2% of the requested length
 
@@ -734,6 +738,20 @@ def make_sample(task: str, length: int | None, seed: int, tokenizer, n_docs: int
             "seed": seed, **meta}
 
 
+def make_sample_retry(task: str, length: int | None, seed: int, tokenizer, n_docs: int | None = None,
+                      attempts: int = 100):
+    """make_sample, or, when that seed's text cannot hit the length within the tolerance (whole
+    sentences cannot always fill the last few tokens: at 128 tokens about 1 seed in 3 of
+    niah_number_among_prices misses), the next seed of its own sequence, seed + k * 10**9.
+    Deterministic, so train.py and infer.py build the same held-out documents from the same seeds."""
+    for k in range(attempts):
+        try:
+            return make_sample(task, length, seed + k * 10**9, tokenizer, n_docs=n_docs)
+        except ValueError as e:  # (a bad request fails every try at once: its message ends up below)
+            error = e
+    raise ValueError(f"no {task} sample from seed {seed} in {attempts} tries: {error}")
+
+
 def make_samples(task: str, length: int | None, n: int, seed: int, tokenizer,
                  n_docs: int | None = None) -> list[dict]:
     """n distinct samples; sample i uses seed * 1_000_000 + i (skipping repeats of a question)."""
@@ -755,14 +773,14 @@ def make_samples(task: str, length: int | None, n: int, seed: int, tokenizer,
 def parse_length(text) -> int:
     """Token count from '4096', '32k', '1.5k' or '1M'. k = 1000 and M = 1,000,000 (decimal).
 
-    >>> parse_length("32k"), parse_length("1M"), parse_length(" 1.5K "), parse_length(4096)
-    (32000, 1000000, 1500, 4096)
+    >>> parse_length("32k"), parse_length("1M"), parse_length(" 1.5K "), parse_length("16.1k"), parse_length(4096)
+    (32000, 1000000, 1500, 16100, 4096)
     """
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", str(text))
     if not m:
         raise ValueError(f"cannot read length {text!r}: expected tokens like 4096, 32k or 1M")
-    value = float(m[1]) * {"": 1, "k": 1000, "m": 1_000_000}[m[2].lower()]
-    if value != int(value) or value <= 0:
+    value = Fraction(m[1]) * {"": 1, "k": 1000, "m": 1_000_000}[m[2].lower()]  # exact: 16.1k = 16100
+    if value.denominator != 1 or value <= 0:
         raise ValueError(f"length {text!r} must be a positive whole number of tokens")
     return int(value)
 
@@ -784,20 +802,33 @@ def load_jsonl(path) -> list[dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no sample file at {path}")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(sample, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object")
-            missing = [k for k in REQUIRED_KEYS if k not in sample]
-            if missing:
-                raise ValueError(f"{path}, line {lineno}: missing {', '.join(missing)}")
-            samples.append(sample)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            sample = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(sample, dict):
+            raise ValueError(f"{path}, line {lineno}: expected a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in sample]
+        if missing:
+            raise ValueError(f"{path}, line {lineno}: missing {', '.join(missing)}")
+        if not isinstance(sample["question"], str) or not isinstance(sample["context"], str):
+            raise ValueError(f"{path}, line {lineno}: question and context must be strings")
+        answers = sample["answers"]
+        if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
+            raise ValueError(f"{path}, line {lineno}: answers must be a non-empty list of strings, "
+                             f"got {json.dumps(answers)[:60]}")
+        if sample.get("task", "hotpotqa") not in REWARD_KIND:
+            raise ValueError(f"{path}, line {lineno}: unknown task {sample['task']!r} (it decides the "
+                             f"reward); known: {', '.join(sorted(REWARD_KIND))}")
+        samples.append(sample)
     return samples
 
 
@@ -813,61 +844,96 @@ def _random_order(rng, n):
         yield pool[k]
 
 
-def load_hotpotqa(path, n_docs=None, length=None, tokenizer=None, seed=0, n=None) -> list[dict]:
-    """RULER-HotpotQA samples from an official HotpotQA JSON file (which users bring).
+def _read_json(path, what):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _check_hotpotqa_item(item):
+    """None if item has HotpotQA's shape, else what is wrong with it."""
+    if not isinstance(item, dict):
+        return f"not a JSON object but a {type(item).__name__}"
+    missing = [k for k in ("question", "answer", "context") if k not in item]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key in ("question", "answer"):
+        if not isinstance(item[key], str):
+            return f"{key} is not a string but a {type(item[key]).__name__}"
+    pair = (lambda p: isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+            and isinstance(p[1], list) and all(isinstance(x, str) for x in p[1]))
+    if not isinstance(item["context"], list) or not all(pair(p) for p in item["context"]):
+        return "context is not a list of [title, [sentences]] pairs"
+    facts = item.get("supporting_facts", [])
+    if not isinstance(facts, list) or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str)
+                                              for f in facts):
+        return "supporting_facts is not a list of [title, sentence index] pairs"
+    return None
+
+
+class HotpotQA:
+    """An official HotpotQA JSON file, read and checked once; `sample(qi, ...)` builds the
+    RULER-HotpotQA sample of question qi when it is needed (the 90K-question train file at 200
+    documents a question would be ~10 GB of text if every sample were built at once).
 
     Each question keeps all of its own paragraphs and gets paragraphs of *other* questions as
     distractors (never one sharing a title with its own), all rendered as
     `Document i:\\n{title}\\n{text}` and shuffled with a seeded RNG (seed, question index).
-    Size: n_docs documents in all (RULER: 50 ~ 7K tokens, 200 ~ 28K), or length tokens
-    (needs tokenizer; whole documents are added while that brings the count closer), or
-    neither: just the question's own paragraphs (HotpotQA's distractor setting, ~10).
-    n: only the first n questions.
     """
-    if n_docs is not None and length is not None:
-        raise ValueError("load_hotpotqa: give n_docs or length, not both")
-    if length is not None and tokenizer is None:
-        raise ValueError("load_hotpotqa: a length in tokens needs a tokenizer")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no HotpotQA file at {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of HotpotQA questions")
-    for i, item in enumerate(data):
-        missing = [k for k in ("question", "answer", "context") if k not in item]
-        if missing:
-            raise ValueError(f"{path}: question {i} lacks {', '.join(missing)}")
-    # every distinct paragraph, in a fixed order; paragraph text = its sentences joined as-is
-    paragraphs = sorted({(t, "".join(s)) for item in data for t, s in item["context"]})
-    index = {p: i for i, p in enumerate(paragraphs)}
-    count = _TokenCounter(tokenizer) if tokenizer is not None else None
-    samples = []
-    for qi, item in enumerate(data[:n]):
+
+    def __init__(self, path):
+        self.path = path
+        data = _read_json(path, "HotpotQA file")
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of HotpotQA questions")
+        for i, item in enumerate(data):
+            problem = _check_hotpotqa_item(item)
+            if problem:
+                raise ValueError(f"{path}: question {i}: {problem}")
+        self.items = data
+        # every distinct paragraph, in a fixed order; paragraph text = its sentences joined as-is
+        self.paragraphs = sorted({(t, "".join(s)) for item in data for t, s in item["context"]})
+        self.index = {p: i for i, p in enumerate(self.paragraphs)}
+
+    def __len__(self):
+        return len(self.items)
+
+    def sample(self, qi, n_docs=None, length=None, tokenizer=None, seed=0) -> dict:
+        """Question qi with n_docs documents in all (RULER: 50 ~ 7K tokens, 200 ~ 28K), or about
+        length tokens (needs tokenizer; whole documents are added while that brings the count
+        closer), or neither: just the question's own paragraphs (HotpotQA's distractor setting, ~10).
+        """
+        if n_docs is not None and length is not None:
+            raise ValueError("load_hotpotqa: give n_docs or length, not both")
+        if length is not None and tokenizer is None:
+            raise ValueError("load_hotpotqa: a length in tokens needs a tokenizer")
+        item, paragraphs = self.items[qi], self.paragraphs
         rng = random.Random(seed * 1_000_003 + qi)
-        own = list(dict.fromkeys(index[(t, "".join(s))] for t, s in item["context"]))
+        own = list(dict.fromkeys(self.index[(t, "".join(s))] for t, s in item["context"]))
         own_titles = {paragraphs[i][0] for i in own}
-        others = (i for i in _random_order(rng, len(paragraphs))
-                  if paragraphs[i][0] not in own_titles)
+        others = (i for i in _random_order(rng, len(paragraphs)) if paragraphs[i][0] not in own_titles)
         chosen = list(own)
         if n_docs is not None:
             if n_docs < len(own):
-                raise ValueError(f"n_docs={n_docs} is fewer than question {qi}'s own "
-                                 f"{len(own)} paragraphs")
+                raise ValueError(f"n_docs={n_docs} is fewer than question {qi}'s own {len(own)} paragraphs")
             chosen += itertools.islice(others, n_docs - len(own))
             if len(chosen) < n_docs:
-                raise ValueError(f"n_docs={n_docs} but the file only has "
-                                 f"{len(chosen) - len(own)} distractor paragraphs for "
-                                 f"question {qi}")
+                raise ValueError(f"n_docs={n_docs} but {self.path} only has {len(chosen) - len(own)} "
+                                 f"distractor paragraphs for question {qi}")
         elif length is not None:
-            def doc_tokens(i):
-                return count(f"\n\nDocument 9:\n{paragraphs[i][0]}\n{paragraphs[i][1]}")
-            total = sum(doc_tokens(i) for i in own)
+            count = _TokenCounter(tokenizer)
+
+            def doc_tokens(i, number):  # numbers 1..N are all used whatever the shuffle, so the sum is exact
+                return count(f"\n\nDocument {number}:\n{paragraphs[i][0]}\n{paragraphs[i][1]}")
+            total = sum(doc_tokens(i, k + 1) for k, i in enumerate(own))
             for i in others:
-                n_doc = doc_tokens(i)
+                n_doc = doc_tokens(i, len(chosen) + 1)
                 if total + n_doc > length and (total + n_doc - length) >= (length - total):
                     break  # this document would take us further from length
                 chosen.append(i)
@@ -875,15 +941,26 @@ def load_hotpotqa(path, n_docs=None, length=None, tokenizer=None, seed=0, n=None
         rng.shuffle(chosen)
         context = render_documents([paragraphs[i] for i in chosen])
         gold_titles = sorted({t for t, _ in item.get("supporting_facts", [])})
-        samples.append({
+        return {
             "task": "hotpotqa", "question": item["question"], "context": context,
             "answers": [item["answer"]], "length": length,
             "n_tokens": len(tokenizer.encode(context)) if tokenizer is not None else None,
             "seed": seed, "id": item.get("_id", str(qi)), "n_docs": len(chosen),
             "gold_titles": gold_titles,
             "gold_docs": [k + 1 for k, i in enumerate(chosen) if paragraphs[i][0] in gold_titles],
-            "type": item.get("type"), "level": item.get("level")})
-    return samples
+            "type": item.get("type"), "level": item.get("level")}
+
+
+def load_hotpotqa(path, n_docs=None, length=None, tokenizer=None, seed=0, n=None) -> list[dict]:
+    """RULER-HotpotQA samples of the first n questions (all by default) of an official HotpotQA
+    JSON file (which users bring); sizes as in `HotpotQA.sample`."""
+    if n_docs is not None and length is not None:
+        raise ValueError("load_hotpotqa: give n_docs or length, not both")
+    if length is not None and tokenizer is None:
+        raise ValueError("load_hotpotqa: a length in tokens needs a tokenizer")
+    corpus = HotpotQA(path)
+    return [corpus.sample(qi, n_docs=n_docs, length=length, tokenizer=tokenizer, seed=seed)
+            for qi in range(len(corpus))[:n]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -920,7 +997,10 @@ def main(argv=None) -> int:
     parser.add_argument("--length", help="context length in tokens: 4096, 32k, 1M (k = 1000)")
     parser.add_argument("--docs", type=int, help="hotpot_synth / hotpotqa: number of documents")
     parser.add_argument("--n", type=int, default=1, help="number of samples")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sample i uses generator seed SEED * 1,000,000 + i. train.py --seed 0 trains on "
+                             "seeds below 1,000,000 (--seed 0 here) and evaluates from 1,000,000 on (--seed 1 "
+                             "here); pick --seed 2 or more for documents it has never seen")
     parser.add_argument("--out", required=True, help="output .jsonl file")
     parser.add_argument("--hotpotqa", help="hotpotqa: path of the official HotpotQA JSON file")
     parser.add_argument("--tokenizer", help="a sentencepiece .model file (default: train or "
@@ -935,6 +1015,11 @@ def main(argv=None) -> int:
         parser.error("give --length (or --docs for hotpot_synth / hotpotqa)")
     if args.docs is not None and args.task not in ("hotpot_synth", "hotpotqa"):
         parser.error("--docs only applies to hotpot_synth and hotpotqa")
+    if args.docs is not None and args.length is not None:
+        parser.error("give --length or --docs, not both")
+    if args.tokenizer and (args.tokenizer_dir or args.vocab_size):
+        parser.error("--tokenizer is a finished .model file; --tokenizer-dir and --vocab-size only "
+                     "apply to our own tokenizer")
     if args.task == "hotpotqa" and not args.hotpotqa:
         parser.error("--task hotpotqa needs --hotpotqa FILE")
     if args.n <= 0:

@@ -89,6 +89,16 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, capsys
     (lambda d: ["--file", str(d.joinpath("ok.txt"))], "--file needs --question"),
     (lambda d: ["--task", "vt", "--baseline", "x"], "--baseline goes with --eval"),
     (lambda d: ["--task", "vt", "--eval", "--baseline-positions", "4096"], "--baseline-positions needs --baseline"),
+    (lambda d: ["--task", "vt", "--question", "q"], "--question goes with --file"),
+    (lambda d: ["--task", "vt", "--eval", "--file", str(d / "ok.txt"), "--question", "q"], "run --file without --eval"),
+    (lambda d: ["--task", "vt", "--eval", "--length", "2k"], "--eval reads --lengths"),
+    (lambda d: ["--task", "vt", "--eval", "--n", "0"], "--n and --batch must be >= 1"),
+    (lambda d: ["--task", "vt", "--eval", "--batch", "0"], "--n and --batch must be >= 1"),
+    (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "0"], "--chunk-tokens must be >= 1"),
+    (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "-5"], "--chunk-tokens must be >= 1"),
+    (lambda d: ["--task", "vt", "--temperature", "-1"], "--temperature must be >= 0"),
+    (lambda d: ["--task", "vt", "--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (lambda d: ["--task", "vt", "--top-k", "-2"], "--top-k must be >= 0"),
 ])
 def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")

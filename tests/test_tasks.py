@@ -246,6 +246,8 @@ def test_parse_length():
     assert parse_length("1M") == 1_000_000
     assert parse_length("1.5k") == 1500
     assert parse_length("4096") == 4096 and parse_length(4096) == 4096
+    for text, tokens in (("16.1k", 16_100), ("32.2k", 32_200), ("2.01k", 2010), ("4.1M", 4_100_000)):
+        assert parse_length(text) == tokens  # exact decimals (16.1 * 1000 is 16100.000000000002 in floats)
     for bad in ("", "abc", "-5", "0", "1.2345k", "32kb", "k"):
         with pytest.raises(ValueError):
             parse_length(bad)
@@ -265,6 +267,40 @@ def test_jsonl_round_trip_and_errors(tok, tmp_path):
     bad.write_text(json.dumps({"question": "q", "context": "c"}) + "\n")
     with pytest.raises(ValueError, match="line 1: missing answers"):
         load_jsonl(bad)
+    bad.write_text(json.dumps({"question": "q", "context": "c", "answers": "1234567"}) + "\n")
+    with pytest.raises(ValueError, match="line 1: answers must be a non-empty list of strings"):
+        load_jsonl(bad)  # a string would be scored character by character
+    bad.write_text(json.dumps({"question": "q", "context": 5, "answers": ["1"]}) + "\n")
+    with pytest.raises(ValueError, match="line 1: question and context must be strings"):
+        load_jsonl(bad)
+    bad.write_text(json.dumps({"question": "q", "context": "c", "answers": ["1"], "task": "nope"}) + "\n")
+    with pytest.raises(ValueError, match="line 1: unknown task 'nope'"):
+        load_jsonl(bad)
+
+
+def test_make_sample_retry_moves_to_the_next_seed_of_its_sequence(tok):
+    # at 128 tokens some seeds of niah_number_among_prices cannot hit the 2% tolerance
+    misses = []
+    for seed in range(40):
+        try:
+            make_sample("niah_number_among_prices", 128, seed, tok)
+        except ValueError:
+            misses.append(seed)
+    assert misses, "expected a seed that misses at 128 tokens"
+    seed = misses[0]
+    s = tasks.make_sample_retry("niah_number_among_prices", 128, seed, tok)
+    expected = next(k for k in range(1, 100) if _fits("niah_number_among_prices", 128, seed + k * 10**9, tok))
+    assert s["seed"] == seed + expected * 10**9
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.make_sample_retry("nope", 128, 0, tok)
+
+
+def _fits(task, length, seed, tok):
+    try:
+        make_sample(task, length, seed, tok)
+        return True
+    except ValueError:
+        return False
 
 
 def test_tokenizer_corpus_covers_every_family():
@@ -342,8 +378,49 @@ def test_load_hotpotqa_errors(tok, tmp_path):
     with pytest.raises(FileNotFoundError):
         load_hotpotqa(str(tmp_path / "nope.json"), n_docs=5)
     path.write_text(json.dumps([{"question": "q", "context": []}]))
-    with pytest.raises(ValueError, match="question 0 lacks answer"):
+    with pytest.raises(ValueError, match="question 0: missing answer"):
         load_hotpotqa(str(path), n_docs=5)
+
+
+@pytest.mark.parametrize("item, message", [
+    (7, "not a JSON object but a int"),
+    ("question answer context", "not a JSON object but a str"),
+    ({"question": "q", "answer": 1990, "context": []}, "answer is not a string but a int"),
+    ({"question": "q", "answer": "a", "context": [["only title"]]}, r"context is not a list of \[title"),
+    ({"question": "q", "answer": "a", "context": [["T", [1, 2]]]}, r"context is not a list of \[title"),
+    ({"question": "q", "answer": "a", "context": [["T", ["s."]]], "supporting_facts": [["T"]]},
+     "supporting_facts is not a list"),
+])
+def test_hotpotqa_file_of_the_wrong_shape_is_named(tmp_path, item, message):
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match=f"hotpot.json: question 0: {message}"):
+        load_hotpotqa(str(path))
+
+
+def test_non_utf8_files_are_named(tmp_path):
+    for name, loader in (("h.json", load_hotpotqa), ("d.jsonl", load_jsonl)):
+        path = tmp_path / name
+        path.write_bytes('[{"question": "caf\u00e9"}]'.encode("latin-1"))
+        with pytest.raises(ValueError, match=f"{name}: not UTF-8 text"):
+            loader(str(path))
+
+
+def test_hotpotqa_length_counts_the_real_document_numbers(tok, tmp_path):
+    path = tmp_path / "hotpot.json"
+    write_hotpotqa(path, n_questions=200)  # 600 short paragraphs: numbers run to 3 digits
+    for length in (1500, 4000):
+        s = load_hotpotqa(str(path), length=length, tokenizer=tok, n=1)[0]
+        assert s["n_tokens"] == len(tok.encode(s["context"]))
+        assert abs(s["n_tokens"] - length) <= 20, (length, s["n_tokens"])  # within one ~15-token document
+
+
+def test_hotpotqa_corpus_builds_one_question_on_demand(tmp_path):
+    path = tmp_path / "hotpot.json"
+    write_hotpotqa(path)
+    corpus = tasks.HotpotQA(str(path))
+    assert len(corpus) == 6
+    assert corpus.sample(4, n_docs=8, seed=3) == load_hotpotqa(str(path), n_docs=8, seed=3)[4]
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -363,6 +440,8 @@ def test_cli_in_process(tok, tmp_path, capsys):
         (["--task", "vt", "--docs", "5"], "--docs only applies"),
         (["--task", "hotpotqa", "--docs", "5"], "needs --hotpotqa"),
         (["--task", "vt", "--length", "5"], "too small"),
+        (["--task", "hotpot_synth", "--docs", "10", "--length", "64k"], "not both"),
+        (["--task", "vt", "--length", "1k", "--vocab-size", "512"], "--tokenizer is a finished .model"),
     ]:
         with pytest.raises(SystemExit) as e:
             tasks.main(argv + ["--out", str(out), "--tokenizer", tok.path])

@@ -411,6 +411,29 @@ def test_rl_scores_at_the_sampling_temperature(tok_dir, smoke_run, temperature):
     assert row["clip_frac_low"] == row["clip_frac_high"] == 0.0
 
 
+def test_hotpotqa_file_trains_and_evaluates_at_document_multiples(tok_dir, tmp_path):
+    """An official-format HotpotQA .json is RULER-HotpotQA: each question's own paragraphs plus
+    distractors, --n-docs of them, x each eval scale; the last --eval-n questions are held out."""
+    data = [{"_id": f"q{i}", "question": f"Where was person {i} born?", "answer": f"Town{i}",
+             "context": [[f"Person {i}", [f"Person {i} was born in Town{i}.", " They liked tea."]],
+                         [f"Town{i}", [f"Town{i} is a small place by the sea."]]],
+             "supporting_facts": [[f"Person {i}", 0]], "type": "bridge", "level": "easy"} for i in range(24)]
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps(data))
+    out = fresh_out(tok_dir, "hotpotqa")
+    table = run_main(["--recipe", "smoke", "--out-dir", out, "--data", str(path), "--n-docs", "6",
+                      "--eval-n", "4", "--eval-scales", "1,2", "--sft-steps", "2", "--rl-steps", "1"])
+    assert set(table["RL"]) == {"1x", "2x"}
+    cfg = train.parse_args(["--recipe", "smoke", "--data", str(path), "--n-docs", "6", "--eval-n", "4"])
+    corpus = train.load_data(cfg)
+    held_out = train.get_sample(cfg, None, corpus, train.EVAL_SEED + 1, scale=2.0)
+    assert held_out["id"] == "q21" and held_out["n_docs"] == 12  # question 20 + 1, 6 docs x 2
+    assert "Person 21 was born in Town21." in held_out["context"]
+    first, again = train.get_sample(cfg, None, corpus, 0), train.get_sample(cfg, None, corpus, 20)
+    assert first["id"] == again["id"] == "q0" and first["n_docs"] == 6
+    assert first["context"] != again["context"]  # the second epoch draws other distractors
+
+
 def test_resume_does_not_redo_the_warm_start(tok_dir, monkeypatch):
     out = fresh_out(tok_dir, "resume-warm")
     common = ["--recipe", "smoke", "--out-dir", out, "--eval-n", "0"]
