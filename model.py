@@ -445,6 +445,16 @@ def swap_in(tmp, directory):
         os.replace(tmp, directory)
 
 
+def recover_swap(directory):
+    """Undo a swap_in cut short between its two renames (a crash there leaves no `directory`, only
+    the whole previous one at `directory.old`): move it back. True if it did."""
+    old = directory + ".old"
+    if os.path.exists(directory) or not os.path.isdir(old):
+        return False
+    os.replace(old, directory)
+    return True
+
+
 CHECKPOINT_ROOT = "checkpoints"
 
 

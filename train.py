@@ -64,7 +64,7 @@ from memagent import tasks
 from memagent.prompts import initial_memory
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
-from model import Qwen2, config_from_preset, load_hf, save_checkpoint, swap_in
+from model import Qwen2, config_from_preset, load_hf, recover_swap, save_checkpoint, swap_in
 from rollout import (AgentConfig, check_window, chunk_ids, direct_turn_ids, final_turn_ids,
                      memory_turn_ids, run_agent, run_full_attention)
 
@@ -105,7 +105,7 @@ class TrainConfig:
     mini_batches: int = 2  # optimizer steps per rollout batch
     micro_batch: int = 64  # conversations per forward/backward
     lr: float = 1e-3
-    warmup_steps: int = 4  # optimizer steps of linear warm-up, then constant
+    warmup_steps: int = 2  # RL steps of linear warm-up (rising every optimizer step), then constant
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     clip_low: float = 0.2
@@ -162,6 +162,9 @@ HELP = {
     "clip_high": "DAPO clip-higher eps_high", "clip_low": "eps_low",
     "loss_agg": "one of " + ", ".join(dapo.AGG_MODES),
     "mini_batches": "optimizer steps per rollout batch",
+    "warmup_steps": "RL steps of linear LR warm-up (verl's unit: its scheduler steps once per RL step), then constant",
+    "compile": "torch.compile model.forward, the call the sampling engine makes (prefill and decode); the "
+               "training forward (hidden_states + logits) stays eager",
     "eval_scales": "multiples of the training length to evaluate at",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
     "baseline": "train the FULL-ATTENTION baseline instead: the agent's warm start (or --init-from), "
@@ -224,6 +227,14 @@ def parse_args(argv=None):
                      f"are identical and carry no signal); got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         parser.error(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.max_gen_batches < 1:
+        parser.error(f"--max-gen-batches must be >= 1 (rollout batches drawn per step), got {cfg.max_gen_batches}")
+    if cfg.save_every < 1:
+        parser.error(f"--save-every must be >= 1 (RL steps between checkpoints), got {cfg.save_every}")
+    if not 0 <= cfg.clip_low < 1 or cfg.clip_high < 0:
+        parser.error(f"need 0 <= --clip-low < 1 and --clip-high >= 0, got {cfg.clip_low} and {cfg.clip_high}")
+    if cfg.dual_clip and cfg.dual_clip <= 1:
+        parser.error(f"--dual-clip must be > 1 (or 0 = off), got {cfg.dual_clip}")
     if cfg.rollout_rows < 0:
         parser.error(f"--rollout-rows must be >= 0 (0 = all rows in one call), not {cfg.rollout_rows}")
     try:
@@ -274,6 +285,10 @@ def setup_distributed(cfg):
     if cfg.batch_size % WORLD:
         raise SystemExit(f"train.py: --batch-size {cfg.batch_size} must be divisible by the "
                          f"{WORLD} ranks")
+    if cfg.mini_batches > cfg.batch_size // WORLD:
+        raise SystemExit(f"train.py: --mini-batches {cfg.mini_batches} is more than the "
+                         f"{cfg.batch_size // WORLD} prompt groups each rank holds (--batch-size / ranks): "
+                         f"some optimizer steps would have nothing to train on")
 
 
 # -----------------------------------------------------------------------------
@@ -288,11 +303,13 @@ def load_data(cfg):
     if not cfg.data:
         return None
     try:
-        if cfg.data.endswith(".json"):
-            return tasks.HotpotQA(cfg.data)
-        return tasks.load_jsonl(cfg.data)
+        data = tasks.HotpotQA(cfg.data) if cfg.data.endswith(".json") else tasks.load_jsonl(cfg.data)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"train.py: {e}")
+    if len(data) <= cfg.eval_n:
+        raise SystemExit(f"train.py: {cfg.data} has {len(data)} samples and the last --eval-n {cfg.eval_n} "
+                         f"are held out for evaluation, which leaves none to train on; lower --eval-n")
+    return data
 
 
 def get_sample(cfg, tokenizer, data, index, scale=1.0):
@@ -806,7 +823,20 @@ def collect_rollouts(cfg, model, tokenizer, data, step):
     return groups, kept_fraction, draws[0], generated
 
 
-def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
+def warmup_lr(cfg, step, mini_batch):
+    """The learning rate of mini-batch `mini_batch` of RL step `step`: linear warm-up over the first
+    cfg.warmup_steps RL steps (verl steps its scheduler once per RL step, so the paper's 20 warm-up
+    steps are RL steps), rising at every optimizer step within them, then constant. A function of
+    the step alone, so a resumed run gets the same rates whatever mini-batches were skipped.
+
+    >>> [warmup_lr(TrainConfig(lr=1.0, warmup_steps=2, mini_batches=2), s, k) for s in (0, 1, 2) for k in (0, 1)]
+    [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    """
+    done = step * cfg.mini_batches + mini_batch + 1  # optimizer steps up to and including this one
+    return cfg.lr * min(1.0, done / max(cfg.warmup_steps * cfg.mini_batches, 1))
+
+
+def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     """One DAPO step: rollouts -> advantages -> mini-batched clipped-surrogate updates."""
     t0 = time.time()
     model.eval()
@@ -841,7 +871,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
              "kl_ref": 0.0, "response_tokens": 0.0}
     pg_loss = 0.0
     budget = max(cfg.memory_tokens, cfg.answer_tokens)
-    for part in parts:
+    for mini, part in enumerate(parts):
         convs = [(c, adv_of[id(r)]) for g in part for r in g for c in r.conversations]
         # normalizers of the whole mini-batch over all ranks: exact token-mean under accumulation
         token_norm, seq_norm = all_sum([sum(len(c.response_ids) for c, _ in convs), len(convs)])
@@ -880,21 +910,20 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps):
             pg_loss += m_stats["pg_loss"] / cfg.mini_batches
         all_reduce_grads(model)
         for group in optimizer.param_groups:  # warm-up, then constant
-            group["lr"] = cfg.lr * min(1.0, (opt_steps + 1) / max(cfg.warmup_steps, 1))
+            group["lr"] = warmup_lr(cfg, step, mini)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         check_finite(float(grad_norm), f"RL step {step + 1} (gradient norm)")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        opt_steps += 1
     model.eval()
     t_update = time.time() - t1
     totals = all_sum([stats[k] for k in stats] + [pg_loss, len(groups)])
     n_tok = max(totals[-3], 1.0)
     metrics.update({k: v / n_tok for k, v in zip(stats, totals) if k != "response_tokens"})
     metrics.update(pg_loss=totals[-2], groups=int(totals[-1]))
-    metrics.update(time_rollout=t_rollout, time_update=t_update, lr=optimizer.param_groups[0]["lr"],
+    metrics.update(time_rollout=t_rollout, time_update=t_update, lr=warmup_lr(cfg, step, cfg.mini_batches - 1),
                    tokens_per_s=sums[9] / max(t_rollout, 1e-9), trained_tokens=totals[-3])
-    return metrics, opt_steps
+    return metrics
 
 
 # -----------------------------------------------------------------------------
@@ -990,6 +1019,10 @@ def main(argv=None):
     warm_dir = os.path.join(cfg.out_dir, "warmstart")  # where warm_start_and_save puts the warm start
     table_path = os.path.join(cfg.out_dir, "eval.json")
     table = {}
+    if cfg.resume and RANK == 0 and recover_swap(ckpt):
+        print0(f"--resume: a checkpoint save was cut short; continuing from the previous one ({ckpt}.old)")
+    if WORLD > 1:
+        dist.barrier()
     resuming = cfg.resume and os.path.exists(os.path.join(ckpt, "trainer.pt"))
     if cfg.resume and not resuming:
         print0(f"--resume: no checkpoint in {ckpt} yet, starting from the beginning")
@@ -1012,17 +1045,21 @@ def main(argv=None):
     # 2. RL
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99))
+    ref_model = None
+    if cfg.kl_coef > 0:  # a frozen float32 copy of the policy RL starts from: the KL is to it
+        if resuming and not cfg.init_from and cfg.sft_steps > 0:  # (the model is still build_model's)
+            if not os.path.exists(os.path.join(warm_dir, "config.json")):
+                raise SystemExit(f"train.py: --kl-coef needs the warm start this run began RL from, "
+                                 f"and {warm_dir} is gone")
+            ref_model = load_hf(warm_dir, device=cfg.device)
+        else:  # a fresh run after its warm start, or build_model's weights (--init-from, random init)
+            ref_model = Qwen2(model.config).to(cfg.device)
+            ref_model.load_state_dict(model.state_dict())
+        ref_model.requires_grad_(False).eval()
     step, history = 0, []
     if resuming:
         step, history = load_state(cfg, model, optimizer)
         print0(f"resumed from {ckpt} at step {step}")
-    ref_model = None
-    if cfg.kl_coef > 0:  # frozen copy of the starting policy
-        ref_model = (load_hf(warm_dir, device=cfg.device)  # float32, like the policy (see autocast)
-                     if not cfg.init_from and os.path.exists(warm_dir)
-                     else load_hf(cfg.init_from, device=cfg.device))
-        ref_model.requires_grad_(False).eval()
-    opt_steps = step * cfg.mini_batches
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if RANK == 0:  # the metrics file holds exactly the steps of the run so far
         with open(metrics_path, "w") as f:
@@ -1030,7 +1067,7 @@ def main(argv=None):
     if step < cfg.rl_steps:
         print0(f"== RL: {cfg.rl_steps} DAPO steps x {cfg.batch_size} prompts x {cfg.group_size} rollouts")
     while step < cfg.rl_steps:
-        metrics, opt_steps = rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, opt_steps)
+        metrics = rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step)
         step += 1
         history.append(metrics)
         print0(f"step {step:4d}/{cfg.rl_steps} | reward {metrics['reward']:.3f} | acc "

@@ -1,6 +1,7 @@
 """Tests of train.py: recipes and flags, clear errors, the warm start's targets, the scoring forward,
 and the whole pipeline on the tiny model (smoke run, exact resume, NaN stop, 2-process gloo DDP)."""
 import dataclasses
+import doctest
 import json
 import os
 import random
@@ -19,7 +20,7 @@ from rollout import chunk_ids
 from memagent import tasks
 from memagent.reward import compute_reward
 from memagent.tokenizer import get_tokenizer
-from model import Qwen2, config_from_preset, load_hf
+from model import Qwen2, config_from_preset, load_hf, save_checkpoint
 from conftest import DEVICES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +105,10 @@ def test_recipes_and_overrides():
     (["--memory-tokens", "-3"], "must be >= 1"),
     (["--temperature", "0"], "--temperature must be > 0"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--max-gen-batches", "0"], "--max-gen-batches must be >= 1"),
+    (["--save-every", "0"], "--save-every must be >= 1"),
+    (["--clip-low", "1.5"], "need 0 <= --clip-low < 1"),
+    (["--dual-clip", "0.5"], "--dual-clip must be > 1"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -432,6 +437,48 @@ def test_hotpotqa_file_trains_and_evaluates_at_document_multiples(tok_dir, tmp_p
     first, again = train.get_sample(cfg, None, corpus, 0), train.get_sample(cfg, None, corpus, 20)
     assert first["id"] == again["id"] == "q0" and first["n_docs"] == 6
     assert first["context"] != again["context"]  # the second epoch draws other distractors
+
+
+def test_warmup_is_counted_in_rl_steps():
+    assert doctest.testmod(train).failed == 0  # warmup_lr's worked example
+    cfg = train.parse_args(["--recipe", "paper"])  # verl: 20 warm-up RL steps, 16 updates each
+    assert train.warmup_lr(cfg, 0, 0) == pytest.approx(1e-6 / 320)
+    assert train.warmup_lr(cfg, 18, 15) < 1e-6 == train.warmup_lr(cfg, 19, 15) == train.warmup_lr(cfg, 400, 0)
+
+
+def test_kl_reference_is_the_policy_rl_starts_from(tok_dir):
+    """From random weights (no warm start, no --init-from) the reference is the random model itself,
+    even with another run's warm start lying in the out dir: before the first update the KL is 0."""
+    out = fresh_out(tok_dir, "kl-ref")
+    stale = Qwen2(config_from_preset("tiny", vocab_size=2048))  # another run's warm start: not the reference
+    save_checkpoint(stale, os.path.join(out, "warmstart"))
+    run_main(["--recipe", "smoke", "--out-dir", out, "--sft-steps", "0", "--kl-coef", "0.001",
+              "--eval-n", "0", "--rl-steps", "1"])
+    (row,) = read_metrics(out)
+    assert row["trained_tokens"] > 0 and row["kl_ref"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_resume_recovers_a_checkpoint_swap_cut_short(tok_dir, smoke_run, monkeypatch):
+    common = ["--recipe", "smoke", "--eval-n", "0", "--init-from", os.path.join(smoke_run[0], "warmstart")]
+    out = fresh_out(tok_dir, "swap-cut")
+    run_main(common + ["--out-dir", out, "--rl-steps", "2"])
+    ckpt = os.path.join(out, "ckpt")
+    os.replace(ckpt, ckpt + ".old")  # what a crash between swap_in's two renames leaves
+    steps_run, rl_step = [], train.rl_step
+    monkeypatch.setattr(train, "rl_step", lambda *a: steps_run.append(a[-1]) or rl_step(*a))
+    run_main(common + ["--out-dir", out, "--rl-steps", "3", "--resume"])
+    assert steps_run == [2]  # continued after step 2, not from the beginning
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def test_impossible_batches_and_tiny_data_files_stop_before_training(tok_dir, tmp_path):
+    out = fresh_out(tok_dir, "bad-batches")
+    with pytest.raises(SystemExit, match="--mini-batches 4 is more than the 2 prompt groups"):
+        run_main(["--recipe", "smoke", "--out-dir", out, "--mini-batches", "4"])
+    path = tmp_path / "tiny.jsonl"
+    tasks.save_jsonl([dict(question="q", context="c", answers=["1"], task="niah_single_noise")] * 3, path)
+    with pytest.raises(SystemExit, match="has 3 samples and the last --eval-n 32 are held out"):
+        run_main(["--recipe", "smoke", "--out-dir", out, "--data", str(path), "--eval-n", "32"])
 
 
 def test_resume_does_not_redo_the_warm_start(tok_dir, monkeypatch):
