@@ -70,12 +70,11 @@ def check_sampling(temperature, top_k, top_p):
         raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
 
-def sample_next(logits, temperature, top_k, top_p, generator):
-    """One token per row (B,) from logits (B, V); temperature 0 means greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
-    probs = logits.softmax(dim=-1)
+def sample_next(scaled_logits, greedy, top_k, top_p, generator):
+    """One token per row (B,) from logits already divided by the temperature (B, V); greedy: argmax."""
+    if greedy:
+        return scaled_logits.argmax(dim=-1)
+    probs = filter_logits(scaled_logits, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -139,9 +138,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
     check_every = 1 if device.type == "cpu" else 16  # polling `finished` syncs with the GPU
     for step in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        scaled = logits / temperature if temperature > 0 else logits  # the distribution `token` came from
-        logprob = F.log_softmax(scaled, dim=-1).gather(-1, token[:, None]).squeeze(-1)  # (B,)
+        scaled = logits / temperature if temperature > 0 else logits  # (B, V); greedy rows: temperature 1
+        token = sample_next(scaled, temperature == 0, top_k, top_p, generator)  # (B,)
+        logprob = F.log_softmax(scaled, dim=-1).gather(-1, token[:, None]).squeeze(-1)  # (B,) under `scaled`
         active = ~finished
         out_tokens[:, step] = torch.where(active, token, pad_id)
         out_logprobs[:, step] = torch.where(active, logprob, 0.0)
