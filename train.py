@@ -493,8 +493,8 @@ def load_state(cfg, model, optimizer):
 # Scoring: log-probs of response tokens under the model (the one forward used for training)
 
 
-def response_logits(model, prompts, responses):
-    """Logits at the response positions only: (B, R, V) for R = longest response.
+def response_logits(model, prompts, responses, temperature=1.0):
+    """Logits at the response positions only, divided by temperature: (B, R, V) for R = longest response.
 
     Each row is prompt + response, right-padded to (B, T); the model runs causally over positions
     0..T-1, and the hidden state that predicts response token j sits at prompt_len - 1 + j. Only
@@ -511,7 +511,8 @@ def response_logits(model, prompts, responses):
     starts = torch.tensor([len(p) - 1 for p in prompts], device=device)  # (B,)
     where = (starts[:, None] + torch.arange(R, device=device)).clamp(max=T - 1)  # (B, R)
     h = x.gather(1, where[..., None].expand(B, R, x.size(-1)))  # (B, R, C)
-    return model.logits(h)  # (B, R, V)
+    logits = model.logits(h)  # (B, R, V)
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def pad_rows(rows, R, value=0.0, dtype=torch.float32, device="cpu"):
@@ -882,9 +883,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             prompts = [c.prompt_ids for c, _ in micro]
             responses = [c.response_ids for c, _ in micro]
             with autocast(cfg):
-                logits = response_logits(model, prompts, responses)  # (B, R, V)
-            if cfg.temperature != 1.0:  # score under the distribution the rollouts sampled from
-                logits = logits / cfg.temperature
+                # scored under the distribution the rollouts sampled from: softmax(logits / T)
+                logits = response_logits(model, prompts, responses, cfg.temperature)  # (B, R, V)
             B, R = logits.shape[:2]
             dev = logits.device
             targets = pad_rows(responses, R, dtype=torch.long, device=dev)  # (B, R)
@@ -895,7 +895,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             logp_ref = None
             if ref_model is not None:
                 with torch.no_grad(), autocast(cfg):
-                    ref_logits = response_logits(ref_model, prompts, responses) / cfg.temperature
+                    ref_logits = response_logits(ref_model, prompts, responses, cfg.temperature)
                     logp_ref = dapo.logprobs_from_logits(ref_logits, targets)
             loss, m_stats = dapo.policy_loss(
                 logp, logp_old, advantages, mask, eps_low=cfg.clip_low, eps_high=cfg.clip_high,

@@ -866,9 +866,10 @@ def _check_hotpotqa_item(item):
     for key in ("question", "answer"):
         if not isinstance(item[key], str):
             return f"{key} is not a string but a {type(item[key]).__name__}"
-    pair = (lambda p: isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
-            and isinstance(p[1], list) and all(isinstance(x, str) for x in p[1]))
-    if not isinstance(item["context"], list) or not all(pair(p) for p in item["context"]):
+    def is_paragraph(p):  # [title, [sentence, ...]]
+        return (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list)
+                and all(isinstance(x, str) for x in p[1]))
+    if not isinstance(item["context"], list) or not all(is_paragraph(p) for p in item["context"]):
         return "context is not a list of [title, [sentences]] pairs"
     facts = item.get("supporting_facts", [])
     if not isinstance(facts, list) or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str)
@@ -880,7 +881,8 @@ def _check_hotpotqa_item(item):
 class HotpotQA:
     """An official HotpotQA JSON file, read and checked once; `sample(qi, ...)` builds the
     RULER-HotpotQA sample of question qi when it is needed (the 90K-question train file at 200
-    documents a question would be ~10 GB of text if every sample were built at once).
+    documents a question would be ~10 GB of text if every sample were built at once: an estimate,
+    90K x ~28K tokens x ~4 bytes).
 
     Each question keeps all of its own paragraphs and gets paragraphs of *other* questions as
     distractors (never one sharing a title with its own), all rendered as
@@ -910,9 +912,9 @@ class HotpotQA:
         closer), or neither: just the question's own paragraphs (HotpotQA's distractor setting, ~10).
         """
         if n_docs is not None and length is not None:
-            raise ValueError("load_hotpotqa: give n_docs or length, not both")
+            raise ValueError("HotpotQA.sample: give n_docs or length, not both")
         if length is not None and tokenizer is None:
-            raise ValueError("load_hotpotqa: a length in tokens needs a tokenizer")
+            raise ValueError("HotpotQA.sample: a length in tokens needs a tokenizer")
         item, paragraphs = self.items[qi], self.paragraphs
         rng = random.Random(seed * 1_000_003 + qi)
         own = list(dict.fromkeys(self.index[(t, "".join(s))] for t, s in item["context"]))
@@ -954,10 +956,6 @@ class HotpotQA:
 def load_hotpotqa(path, n_docs=None, length=None, tokenizer=None, seed=0, n=None) -> list[dict]:
     """RULER-HotpotQA samples of the first n questions (all by default) of an official HotpotQA
     JSON file (which users bring); sizes as in `HotpotQA.sample`."""
-    if n_docs is not None and length is not None:
-        raise ValueError("load_hotpotqa: give n_docs or length, not both")
-    if length is not None and tokenizer is None:
-        raise ValueError("load_hotpotqa: a length in tokens needs a tokenizer")
     corpus = HotpotQA(path)
     return [corpus.sample(qi, n_docs=n_docs, length=length, tokenizer=tokenizer, seed=seed)
             for qi in range(len(corpus))[:n]]
