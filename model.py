@@ -151,12 +151,14 @@ class RMSNorm(nn.Module):
 def rotary_cos_sin(positions, head_dim, theta, dtype):
     """cos and sin tables (B, T, D) for integer positions (B, T), in the rotate-half layout.
 
-    Frequencies f_i = theta^(-2i/D) for i < D/2; the angle of position p is p * f_i, and the table
+    Frequencies f_i = 1 / theta^(2i/D) for i < D/2; the angle of position p is p * f_i, and the table
     repeats the D/2 angles twice ([a_0..a_{D/2-1}, a_0..a_{D/2-1}]), which is how HF Qwen2 lays out
-    its weights (not the interleaved pairs of the original RoPE paper).
+    its weights (not the interleaved pairs of the original RoPE paper). f_i is computed as HF
+    computes it, to the last float32 bit: theta^(-2i/D) differs in the last place for a third of
+    the frequencies, and at position 12K that one ulp moves the logits by ~1e-2.
     """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32,
-                                       device=positions.device) / head_dim)  # (D/2,)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+    inv_freq = 1.0 / (theta ** exponents)  # (D/2,)
     angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
     angles = torch.cat((angles, angles), dim=-1)  # (B, T, D)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -326,10 +328,16 @@ def config_from_hf(hf):
         raise ValueError(f"config.json has model_type {hf.get('model_type')!r}; only 'qwen2' is supported")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"config.json has hidden_act {hf.get('hidden_act')!r}; Qwen2 uses 'silu'")
-    rope = hf.get("rope_scaling") or {}
-    if rope and rope.get("rope_type", rope.get("type")) not in (None, "default"):
-        raise ValueError(f"config.json asks for rope_scaling {rope}; only plain RoPE is implemented")
-    kwargs = {}
+    for key in ("rope_scaling", "rope_parameters"):  # (transformers >= 5 writes rope_parameters)
+        rope = hf.get(key) or {}
+        if rope.get("rope_type", rope.get("type")) not in (None, "default"):
+            raise ValueError(f"config.json asks for {key} {rope}; only plain RoPE is implemented")
+    sliding = hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or [])
+    window = hf.get("sliding_window")
+    if sliding and window is not None and window < hf.get("max_position_embeddings", window):
+        raise ValueError(f"config.json asks for sliding-window attention (window {window}); "
+                         f"only full attention is implemented")
+    kwargs = {"tie_word_embeddings": False}  # HF Qwen2Config's default, for a file that omits it
     for f in fields(ModelConfig):
         if f.name in hf:
             kwargs[f.name] = hf[f.name]

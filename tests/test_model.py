@@ -71,6 +71,62 @@ def test_load_hf_missing_files(tmp_path):
         load_hf(str(tmp_path))
 
 
+def edit_config(directory, **changes):
+    """Rewrite directory/config.json with `changes` (a value of None deletes the key)."""
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+
+def test_config_without_a_tie_field_is_untied_as_in_hf(tmp_path):
+    _, directory = tiny_hf_model(tmp_path, tie=False)
+    edit_config(directory, tie_word_embeddings=None)  # an older or hand-written config.json
+    hf = transformers.Qwen2ForCausalLM.from_pretrained(directory).eval()  # the oracle reads it back
+    model = load_hf(directory).eval()
+    assert model.config.tie_word_embeddings is hf.config.tie_word_embeddings is False
+    idx = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(idx) - hf(idx).logits).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("changes,named", [
+    (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}), "rope_parameters"),
+    (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
+    (dict(use_sliding_window=True, sliding_window=64, max_window_layers=1), "sliding-window"),
+    (dict(layer_types=["full_attention", "sliding_attention"], sliding_window=64), "sliding-window"),
+])
+def test_attention_variants_we_do_not_implement_are_refused(tmp_path, changes, named):
+    _, directory = tiny_hf_model(tmp_path)
+    edit_config(directory, **changes)
+    with pytest.raises(ValueError, match=named):
+        load_hf(directory)
+
+
+def test_a_sliding_window_as_long_as_the_positions_is_full_attention(tmp_path):
+    _, directory = tiny_hf_model(tmp_path)
+    edit_config(directory, use_sliding_window=True, sliding_window=256)  # = max_position_embeddings
+    load_hf(directory)
+
+
+def test_rotary_tables_equal_hf_bit_for_bit_at_long_positions():
+    # at position 12K one float32 ulp in a frequency moves the logits by ~1e-2: the tables must be equal
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
+    from model import rotary_cos_sin
+    cfg = transformers.Qwen2Config(hidden_size=1792, num_attention_heads=14, rope_theta=1e6,
+                                   max_position_embeddings=32768)  # head_dim 128, Qwen2.5's theta
+    positions = torch.arange(0, 32768, 7)[None]  # (1, T)
+    cos, sin = Qwen2RotaryEmbedding(cfg)(torch.zeros(1), positions)
+    ours_cos, ours_sin = rotary_cos_sin(positions, 128, 1e6, torch.float32)
+    assert torch.equal(ours_cos, cos) and torch.equal(ours_sin, sin)
+
+
 def test_qwen_05b_geometry_parameter_count():
     with torch.device("meta"):
         model = Qwen2(config_from_preset("qwen-ish-0.5b"))
