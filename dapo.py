@@ -50,7 +50,7 @@ Vocabulary
     mean is weighted by its share of the tokens (4/10 and 6/10).
 
 6. Optional KL to a frozen reference policy (k3 estimator; off by default)
-        kl_t = exp(logp_ref_t - logp_new_t) - (logp_ref_t - logp_new_t) - 1  >= 0
+        kl_t = min(exp(d_t) - d_t - 1, 10)  >= 0,   d_t = logp_ref_t - logp_new_t   (verl's low_var_kl)
         loss = policy loss + kl_coef * aggregate(kl_t)        (MemAgent's scripts: kl_coef 0.001)
 
 7. Dynamic sampling
@@ -221,13 +221,19 @@ def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps_low: float = 0.2,
     return loss
 
 
-def kl_k3(logp_new: Tensor, logp_ref: Tensor, clamp: float = 20.0) -> Tensor:
+def kl_k3(logp_new: Tensor, logp_ref: Tensor, clamp: float = 20.0, max_kl: float = 10.0) -> Tensor:
     """(B, T) k3 estimator of KL(new || ref): exp(d) - d - 1 with d = logp_ref - logp_new (>= 0).
 
-    d is clamped to [-clamp, clamp] so one wild token cannot overflow exp.
+    d is clamped to [-clamp, clamp] so one wild token cannot overflow exp, and the result to
+    [0, max_kl] (as verl's low_var_kl): exp(d) grows so fast that without the cap one token the
+    policy moved far from the reference (d = 15 gives 3.3e6) would outweigh every other token's
+    loss and gradient. Where the cap is active the token has no KL gradient.
+
+    >>> [round(x, 4) for x in kl_k3(torch.zeros(3), torch.tensor([0.0, 1.0, 15.0])).tolist()]  # e - 2
+    [0.0, 0.7183, 10.0]
     """
     d = (logp_ref - logp_new).clamp(-clamp, clamp)
-    return torch.exp(d) - d - 1.0
+    return (torch.exp(d) - d - 1.0).clamp(max=max_kl)
 
 
 def logprobs_from_logits(logits: Tensor, token_ids: Tensor) -> Tensor:
@@ -364,7 +370,7 @@ def policy_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, response
         if kl_per_token is not None:
             metrics["kl_ref"] = float((kl_per_token * mask).sum()) / n
         if entropy is not None:
-            metrics["entropy"] = float((entropy.to(dtype) * mask).sum()) / n
+            metrics["entropy"] = float(torch.where(mask, entropy.to(dtype), zero).sum()) / n
     return loss, metrics
 
 

@@ -1,5 +1,6 @@
 """Tests for dapo.py. Every expected number is worked out by hand in the comment beside it."""
 
+import doctest
 import logging
 import math
 
@@ -348,6 +349,24 @@ def test_kl_k3_values():
     new = torch.zeros(3)
     ref = torch.tensor([0.0, 1.0, -1.0])
     assert close(dapo.kl_k3(new, ref), [0.0, 0.718282, 0.367879])
+
+
+def test_kl_k3_is_capped_at_10_like_verl():
+    # d = 3: e^3 - 3 - 1 = 16.0855 -> 10, d = 15: 3.27e6 -> 10; d = 2: e^2 - 3 = 4.389056 stays.
+    # Gradient in logp_new is 1 - e^d where uncapped (d=2: -6.389056), 0 where capped.
+    logp_new = torch.zeros(3, requires_grad=True)
+    kl = dapo.kl_k3(logp_new, torch.tensor([2.0, 3.0, 15.0]))
+    assert close(kl, [4.389056, 10.0, 10.0])
+    kl.sum().backward()
+    assert close(logp_new.grad, [-6.389056, 0.0, 0.0])
+    assert doctest.testmod(dapo).failed == 0  # kl_k3's worked example
+
+
+def test_entropy_metric_ignores_garbage_on_padding():
+    # the padded token's entropy is nan: masked out, the metric is the response token's 0.5
+    _, metrics = dapo.policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2),
+                                  torch.tensor([[1, 0]]), entropy=torch.tensor([[0.5, float("nan")]]))
+    assert metrics["entropy"] == 0.5
 
 
 def test_kl_term_in_the_loss():
