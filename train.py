@@ -18,8 +18,9 @@ Three stages, each a function that reads top to bottom:
      left to RL.
   2. rl_step(): multi-conversation DAPO. Roll out `group_size` agents per prompt (rollout.run_agent),
      reward the final answers, drop groups without reward variance (dynamic sampling), broadcast
-     each rollout's group advantage to every conversation it holds, and take `mini_batches` AdamW
-     steps on the clipped surrogate (dapo.policy_loss), micro-batched with exact token-mean.
+     each rollout's group advantage to every conversation it holds, score the old log-probs with
+     the training forward (as verl does), and take `mini_batches` AdamW steps on the clipped
+     surrogate (dapo.policy_loss), micro-batched with exact token-mean.
   3. evaluate(): greedy agent on held-out seeds at 1x, 4x, 16x, 64x the training length, for the
      warm start and for the RL policy; a table on stdout and eval.json in --out-dir.
 
@@ -220,6 +221,9 @@ def parse_args(argv=None):
         parser.error(f"--init-from {cfg.init_from}: no such directory")
     if cfg.group_size < 1 or cfg.batch_size < 1 or cfg.mini_batches < 1 or cfg.micro_batch < 1:
         parser.error("--group-size, --batch-size, --mini-batches and --micro-batch must be >= 1")
+    if cfg.group_size < 2 and cfg.rl_steps > 0 and not cfg.baseline:
+        parser.error("--group-size must be >= 2 for RL: a rollout's advantage is its reward minus its "
+                     "group's mean, so a group of one has none (dynamic sampling would drop every group)")
     if min(cfg.chunk_tokens, cfg.memory_tokens, cfg.answer_tokens) < 1:
         parser.error("--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1")
     if not cfg.temperature > 0:
@@ -783,7 +787,8 @@ def all_reduce_grads(model):
 
 
 def collect_rollouts(cfg, model, tokenizer, data, step):
-    """Roll out groups until dynamic sampling has its batch. Returns (groups, stats, first_draw)."""
+    """Roll out groups until dynamic sampling has its batch. Returns (groups to train on,
+    (groups with reward variance, groups drawn), the first draw's rollouts, tokens generated)."""
     per_rank = cfg.batch_size // WORLD
     agent = agent_config(cfg, cfg.temperature)
     draws = []
@@ -812,16 +817,29 @@ def collect_rollouts(cfg, model, tokenizer, data, step):
         except RuntimeError as e:  # not one group with signal in max_gen_batches draws
             print(f"step {step + 1} (rank {RANK}): {e}; no update from this rank", flush=True)
             groups = []
-        n_seen = len(draws) * per_rank
-        kept_fraction = sum(len(set(r.reward for r in g)) > 1 for d in draws
-                            for g in [d[i:i + cfg.group_size] for i in range(0, len(d), cfg.group_size)]) / n_seen
     else:
         groups = draw()
-        kept_fraction = float(dapo.keep_groups_with_signal(
-            torch.tensor([r.reward for g in groups for r in g]),
-            [i for i, g in enumerate(groups) for _ in g]).float().mean())
+    drawn = [d[i:i + cfg.group_size] for d in draws for i in range(0, len(d), cfg.group_size)]
+    with_signal = sum(len(set(rewards_of(g))) > 1 for g in drawn)  # groups dynamic sampling keeps
     generated = sum(len(c.response_ids) for d in draws for r in d for c in r.conversations)
-    return groups, kept_fraction, draws[0], generated
+    return groups, (with_signal, len(drawn)), draws[0], generated
+
+
+def score_responses(cfg, model, convs):
+    """{id(conversation): log-probs of its response tokens} under `model` as the update's forward
+    computes them (response_logits at the sampling temperature, under autocast), without grad."""
+    scores = {}
+    with torch.no_grad():
+        for m in range(0, len(convs), cfg.micro_batch):
+            micro = convs[m:m + cfg.micro_batch]
+            responses = [c.response_ids for c in micro]
+            with autocast(cfg):
+                logits = response_logits(model, [c.prompt_ids for c in micro], responses, cfg.temperature)
+            targets = pad_rows(responses, logits.size(1), dtype=torch.long, device=logits.device)
+            logp = dapo.logprobs_from_logits(logits, targets).tolist()  # (B, R)
+            for c, row in zip(micro, logp):
+                scores[id(c)] = row[:len(c.response_ids)]
+    return scores
 
 
 def warmup_lr(cfg, step, mini_batch):
@@ -841,7 +859,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     """One DAPO step: rollouts -> advantages -> mini-batched clipped-surrogate updates."""
     t0 = time.time()
     model.eval()
-    groups, kept_fraction, first, generated = collect_rollouts(cfg, model, tokenizer, data, step)
+    groups, (with_signal, drawn), first, generated = collect_rollouts(cfg, model, tokenizer, data, step)
     t_rollout = time.time() - t0
 
     # rollout metrics of the first draw: an unbiased view of the current policy
@@ -852,10 +870,10 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     sums = all_sum([len(rollouts), sum(r.reward for r in rollouts), sum(r.accuracy for r in rollouts),
                     len(mem), sum(len(c.response_ids) for c in mem), len(fin),
                     sum(len(c.response_ids) for c in fin), sum(c.truncated for c in convs_all),
-                    len(convs_all), generated, kept_fraction])
+                    len(convs_all), generated, with_signal, drawn])
     n = max(sums[0], 1)
     metrics = {"step": step + 1, "reward": sums[1] / n, "accuracy": sums[2] / n,
-               "kept_fraction": sums[10] / WORLD, "memory_len": sums[4] / max(sums[3], 1),
+               "kept_fraction": sums[10] / max(sums[11], 1), "memory_len": sums[4] / max(sums[3], 1),
                "answer_len": sums[6] / max(sums[5], 1), "truncation_rate": sums[7] / max(sums[8], 1)}
 
     # advantages: one per rollout, from its group; every conversation gets its rollout's
@@ -867,10 +885,16 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     adv = dapo.group_advantages(rewards, group_ids, norm_by_std=cfg.adv_std) if kept else torch.zeros(0)
     parts = [groups[i::cfg.mini_batches] for i in range(cfg.mini_batches)]  # mini-batches of groups
     adv_of = {id(r): float(a) for r, a in zip(kept, adv)}
+    # the old policy's log-probs, scored by the update's own forward before any update (as verl
+    # recomputes them): the engine's (cached decode) agree to ~1e-6 in float32 but differ by up to
+    # ~2e-2 a token in bf16, which would read as policy change (ratio != 1, clipping) before any
+    # step. How far the engine's are from these is logged as rollout_logp_gap.
+    logp_old_of = score_responses(cfg, model, [c for r in kept for c in r.conversations])
+    gap = sum(abs(a - b) for r in kept for c in r.conversations for a, b in zip(c.logprobs, logp_old_of[id(c)]))
     # token-weighted sums of the per-micro-batch diagnostics; pg_loss adds up to each mini-batch's loss
-    stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "approx_kl": 0.0, "entropy": 0.0,
-             "kl_ref": 0.0, "response_tokens": 0.0}
-    pg_loss = 0.0
+    stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "dual_clip_frac": 0.0, "ratio_mean": 0.0,
+             "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0, "response_tokens": 0.0}
+    pg_loss, stepped = 0.0, 0
     budget = max(cfg.memory_tokens, cfg.answer_tokens)
     for mini, part in enumerate(parts):
         convs = [(c, adv_of[id(r)]) for g in part for r in g for c in r.conversations]
@@ -890,7 +914,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             targets = pad_rows(responses, R, dtype=torch.long, device=dev)  # (B, R)
             mask = pad_rows([[1] * len(r) for r in responses], R, device=dev)  # (B, R)
             logp = dapo.logprobs_from_logits(logits, targets)  # (B, R)
-            logp_old = pad_rows([c.logprobs for c, _ in micro], R, device=dev)
+            logp_old = pad_rows([logp_old_of[id(c)] for c, _ in micro], R, device=dev)  # (B, R)
             advantages = mask * torch.tensor([a for _, a in micro], device=dev)[:, None]  # (B, R)
             logp_ref = None
             if ref_model is not None:
@@ -907,7 +931,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             w = m_stats["response_tokens"]
             for k in stats:
                 stats[k] += m_stats.get(k, 0.0) * (w if k != "response_tokens" else 1.0)
-            pg_loss += m_stats["pg_loss"] / cfg.mini_batches
+            pg_loss += m_stats["pg_loss"]
+        stepped += 1
         all_reduce_grads(model)
         for group in optimizer.param_groups:  # warm-up, then constant
             group["lr"] = warmup_lr(cfg, step, mini)
@@ -917,12 +942,14 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
         optimizer.zero_grad(set_to_none=True)
     model.eval()
     t_update = time.time() - t1
-    totals = all_sum([stats[k] for k in stats] + [pg_loss, len(groups)])
-    n_tok = max(totals[-3], 1.0)
+    totals = all_sum([stats[k] for k in stats] + [gap, pg_loss, len(groups)])
+    trained_tokens = totals[len(stats) - 1]  # stats' last entry, response_tokens
+    n_tok = max(trained_tokens, 1.0)
     metrics.update({k: v / n_tok for k, v in zip(stats, totals) if k != "response_tokens"})
-    metrics.update(pg_loss=totals[-2], groups=int(totals[-1]))
+    # pg_loss: the mean over the mini-batches that stepped (each one's loss summed over micro-batches and ranks)
+    metrics.update(rollout_logp_gap=totals[-3] / n_tok, pg_loss=totals[-2] / max(stepped, 1), groups=int(totals[-1]))
     metrics.update(time_rollout=t_rollout, time_update=t_update, lr=warmup_lr(cfg, step, cfg.mini_batches - 1),
-                   tokens_per_s=sums[9] / max(t_rollout, 1e-9), trained_tokens=totals[-3])
+                   tokens_per_s=sums[9] / max(t_rollout, 1e-9), trained_tokens=trained_tokens)
     return metrics
 
 
