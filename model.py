@@ -419,38 +419,76 @@ def save_checkpoint(model, directory, tokenizer_file=None, meta=None):
     from safetensors.torch import save_file
 
     directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
-    config = asdict(model.config)
-    config.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_act="silu",
-                  torch_dtype=str(model.lm_head.weight.dtype).replace("torch.", ""))
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight")  # stored once, as HF does
-    save_file(state, os.path.join(tmp, "model.safetensors"))
-    for path in [tokenizer_file] if isinstance(tokenizer_file, str) else (tokenizer_file or []):
-        shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta or {}, f, indent=2)
+    tmp = staging_dir(directory)
+    try:
+        config = asdict(model.config)
+        config.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_act="silu",
+                      torch_dtype=str(model.lm_head.weight.dtype).replace("torch.", ""))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight")  # stored once, as HF does
+        save_file(state, os.path.join(tmp, "model.safetensors"))
+        for path in [tokenizer_file] if isinstance(tokenizer_file, str) else (tokenizer_file or []):
+            shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta or {}, f, indent=2)
+    except BaseException:  # a failed save leaves no stray folder (and the previous checkpoint as it was)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     swap_in(tmp, directory)
     return directory
+
+
+def staging_dir(directory):
+    """A new empty folder beside `directory` to write its next version into before swap_in.
+    (mkdtemp makes it private, mode 0700; it gets the mode any new folder gets, so a checkpoint is
+    as readable as the rest of the run's output.)"""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path):
+    """Flush every file under `path`, and the folders themselves, to disk (so that after a power
+    cut a renamed checkpoint never holds empty files)."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)
 
 
 def swap_in(tmp, directory):
     """Move the finished directory `tmp` to `directory`. An existing `directory` is renamed to
     `directory.old` first and removed only after the new one is in place, so some whole checkpoint
-    is on disk at every moment."""
+    is on disk at every moment (also after a power cut: the files are flushed before the renames,
+    and the renames before the old copy is deleted)."""
+    fsync_tree(tmp)
+    parent = os.path.dirname(os.path.abspath(directory))
     if os.path.exists(directory):
         old = directory + ".old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
         os.replace(tmp, directory)
+        fsync_dir(parent)
         shutil.rmtree(old)
     else:
         os.replace(tmp, directory)
+        fsync_dir(parent)
 
 
 def recover_swap(directory):

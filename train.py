@@ -53,7 +53,7 @@ import math
 import os
 import random
 import re
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -65,7 +65,7 @@ from memagent import tasks
 from memagent.prompts import initial_memory
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
-from model import Qwen2, config_from_preset, load_hf, recover_swap, save_checkpoint, swap_in
+from model import Qwen2, config_from_preset, load_hf, recover_swap, save_checkpoint, staging_dir, swap_in
 from rollout import (AgentConfig, check_window, chunk_ids, direct_turn_ids, final_turn_ids,
                      memory_turn_ids, run_agent, run_full_attention)
 
@@ -464,12 +464,16 @@ def save_state(cfg, model, tokenizer, optimizer, step, history):
     if RANK != 0:
         return
     final = os.path.join(cfg.out_dir, "ckpt")
-    tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=cfg.out_dir)
-    save_checkpoint(model, os.path.join(tmp, "model"), tokenizer_file=tokenizer.files(),
-                    meta={"step": step, "config": dataclasses.asdict(cfg)})
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(), "history": history,
-                "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "trainer.pt"))
+    tmp = staging_dir(final)
+    try:
+        save_checkpoint(model, os.path.join(tmp, "model"), tokenizer_file=tokenizer.files(),
+                        meta={"step": step, "config": dataclasses.asdict(cfg)})
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate(), "history": history,
+                    "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "trainer.pt"))
+    except BaseException:  # (a full disk, say): no stray folder; the previous ckpt stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     swap_in(tmp, final)
 
 

@@ -316,6 +316,25 @@ def test_checkpoint_round_trip(tmp_path):
         assert (hf(idx).logits - model(idx)).abs().max() < 1e-4
 
 
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_stray_folder(tmp_path):
+    model = tiny_model(seed=8)
+    save_checkpoint(model, tmp_path / "ckpt", meta={"step": 3})
+    with pytest.raises(TypeError):  # meta that json cannot write: the save fails half-way
+        save_checkpoint(model, tmp_path / "ckpt", meta={"step": object()})
+    assert os.listdir(tmp_path) == ["ckpt"]
+    assert load_checkpoint(str(tmp_path / "ckpt"))[1]["step"] == 3
+
+
+def test_checkpoint_folder_has_the_mode_of_any_new_folder(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        save_checkpoint(tiny_model(seed=8), tmp_path / "ckpt")
+        os.makedirs(tmp_path / "plain")
+    finally:
+        os.umask(old_umask)
+    assert os.stat(tmp_path / "ckpt").st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777 == 0o755
+
+
 def test_per_row_budgets_near_the_window():
     model = tiny_model(seed=9)  # 128 positions
     g = torch.Generator().manual_seed(2)
