@@ -41,6 +41,8 @@ def bench_generate(model, batch, prompt_len, new_tokens, repeats=3):
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).tolist()
     generate(model, prompts, max_new_tokens=4, temperature=1.0, seed=0)  # warm-up
+    if device.type == "cuda":  # this batch size's own peak (on the CPU: the process's high-water mark)
+        torch.cuda.reset_peak_memory_stats()
     prefill_s, total_s = [], []
     for _ in range(repeats):
         sync(device); t0 = time.perf_counter()
@@ -58,10 +60,14 @@ def bench_generate(model, batch, prompt_len, new_tokens, repeats=3):
 
 
 def decode_bound_tok_s(model, batch, ctx, bandwidth_bytes_s):
-    """Bandwidth bound: every step reads all weights once plus each row's KV cache."""
+    """Bandwidth bound: every step reads all weights once plus each row's KV cache. (An untied
+    input embedding is the exception: a step reads only its `batch` rows.)"""
     c = model.config
     elt = model.lm_head.weight.element_size()
-    weight_bytes = model.num_parameters() * elt
+    weights = model.num_parameters()
+    if not c.tie_word_embeddings:
+        weights -= model.model.embed_tokens.weight.numel() - batch * c.hidden_size
+    weight_bytes = weights * elt
     kv_bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * elt
     step_s = (weight_bytes + batch * ctx * kv_bytes_per_token) / bandwidth_bytes_s
     return batch / step_s
@@ -160,6 +166,11 @@ def main():
     agent.add_argument("--agent-one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.batch = args.batch or ([4] if (args.agent or args.agent_one) else [1, 8])
+    if args.new_tokens < 2:
+        p.error(f"--new-tokens must be >= 2 (decode speed is timed over the steps after the first), "
+                f"got {args.new_tokens}")
+    if min(args.batch) < 1 or args.prompt_len < 1:
+        p.error("--batch and --prompt-len must be >= 1")
     if args.agent_one is not None:
         return bench_agent_one(args)
     if args.agent:

@@ -38,3 +38,25 @@ def test_agent_bench_runs_with_an_lm_head_larger_than_the_tokenizer(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["turns"] == 5 and row["context_tokens"] > 0  # 200 tokens in chunks of 64: 4 memory turns + answer
+
+
+def test_decode_bound_reads_only_the_batch_rows_of_an_untied_embedding():
+    from bench import decode_bound_tok_s
+    with torch.device("meta"):
+        tied = Qwen2(config_from_preset("tiny", vocab_size=1000))
+        untied = Qwen2(config_from_preset("tiny", vocab_size=1000, tie_word_embeddings=False))
+    # tiny: C=128, 4 layers, 2 kv heads of 32; fp32. KV bytes a token: 2*4*2*32*4 = 2048.
+    # untied adds a 1000x128 lm_head, but a step reads only 2 of the input embedding's 1000 rows
+    P = tied.num_parameters()
+    assert untied.num_parameters() == P + 128_000
+    for model, weights in ((tied, P), (untied, P + 2 * 128)):
+        step_s = (weights * 4 + 2 * 10 * 2048) / 1e9  # batch 2, context 10, 1 GB/s
+        assert decode_bound_tok_s(model, 2, 10, 1e9) == 2 / step_s
+
+
+def test_bad_sizes_are_one_line_errors():
+    for flags, message in ((["--new-tokens", "1"], "--new-tokens must be >= 2"),
+                           (["--batch", "0"], "--batch and --prompt-len must be >= 1")):
+        out = subprocess.run([sys.executable, "bench.py", "--device", "cpu"] + flags, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
