@@ -25,7 +25,7 @@ import torch
 from memagent.reward import score_answer
 from memagent.tasks import TASKS, make_sample_retry, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
-from model import load_checkpoint
+from model import check_device, load_checkpoint
 from rollout import AgentConfig, check_window, run_agent, run_full_attention
 
 
@@ -219,14 +219,14 @@ def parse_length_or_fail(text):
     try:
         return parse_length(text)
     except ValueError as e:
-        fail(f"cannot parse length {text!r}: {e}")
+        fail(str(e))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", "--init-from", dest="ckpt", required=True,
-                   help="one of our checkpoints (a directory, or a name under ./checkpoints/), or a HF "
-                        "Qwen2 directory (config.json, *.safetensors, tokenizer.json)")
+                   help="one of our checkpoints (a directory such as out/train/rl), or a HF Qwen2 "
+                        "directory (config.json, *.safetensors, tokenizer.json)")
     src = p.add_argument_group("the document")
     src.add_argument("--file", help="a UTF-8 text file to read")
     src.add_argument("--question", help="the question to answer about --file")
@@ -271,11 +271,18 @@ def main(argv=None):
         fail("--question goes with --file (a --task sample brings its own question)")
     if args.eval and args.file is not None:
         fail("--eval measures generated --task documents; run --file without --eval")
+    if args.file is not None and args.length is not None:
+        fail("--length sizes a generated --task sample; a --file is read whole")
     if args.eval and args.length is not None:
         fail("--eval reads --lengths (several); --length is for a single document")
     if args.n < 1 or args.batch < 1:
         fail(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
-    device = torch.device(args.device)
+    for text in (args.lengths if args.eval else [args.length or "4k"]):
+        parse_length_or_fail(text)  # every length checked before minutes of work on the first
+    try:
+        device = check_device(args.device)
+    except ValueError as e:
+        fail(f"--device: {e}")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer, train_cfg = load_agent(args.ckpt, device, dtype)
     if train_cfg.get("baseline"):
@@ -287,6 +294,9 @@ def main(argv=None):
         baseline = None
         if args.baseline:
             b_model, b_tok, b_cfg = load_agent(args.baseline, device, dtype)
+            if b_cfg and not b_cfg.get("baseline"):  # (a HF model has no training config: welcome)
+                fail(f"--baseline {args.baseline} is a memory agent's checkpoint, not a full-attention "
+                     f"one; train one with train.py --baseline, or pass a HF Qwen2 folder")
             trained_positions = b_model.config.max_position_embeddings
             if args.baseline_positions:
                 b_model.config.max_position_embeddings = args.baseline_positions

@@ -337,6 +337,10 @@ def config_from_hf(hf):
     if sliding and window is not None and window < hf.get("max_position_embeddings", window):
         raise ValueError(f"config.json asks for sliding-window attention (window {window}); "
                          f"only full attention is implemented")
+    geometry = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    missing = [key for key in geometry if not isinstance(hf.get(key), int)]
+    if missing:
+        raise ValueError(f"config.json lacks {', '.join(missing)} (integers that fix the model's shape)")
     kwargs = {"tie_word_embeddings": False}  # HF Qwen2Config's default, for a file that omits it
     for f in fields(ModelConfig):
         if f.name in hf:
@@ -367,7 +371,10 @@ def read_safetensors_dir(directory):
         path = os.path.join(directory, name)
         if not os.path.exists(path):
             raise FileNotFoundError(f"shard {name} listed in the index is missing from {directory}")
-        state.update(load_file(path))
+        try:
+            state.update(load_file(path))
+        except Exception as e:  # safetensors' own error type: a truncated or foreign file
+            raise ValueError(f"cannot read the weights {path}: {e}") from None
     return state
 
 
@@ -501,16 +508,31 @@ def recover_swap(directory):
     return True
 
 
+def check_device(name):
+    """torch.device(name), or a ValueError that says why this machine cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}: this torch has no CUDA device (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{name}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 CHECKPOINT_ROOT = "checkpoints"
 
 
 def resolve_checkpoint(name_or_path):
     """A checkpoint by path, or by name under ./checkpoints/ (e.g. 'rl-final')."""
-    for candidate in (name_or_path, os.path.join(CHECKPOINT_ROOT, name_or_path)):
+    candidates = [name_or_path]
+    if not os.path.isabs(name_or_path):
+        candidates.append(os.path.join(CHECKPOINT_ROOT, name_or_path))
+    for candidate in candidates:
         if os.path.isfile(os.path.join(candidate, "config.json")):
             return candidate
-    raise FileNotFoundError(f"no checkpoint {name_or_path!r} (looked for config.json in it and in "
-                            f"{os.path.join(CHECKPOINT_ROOT, name_or_path)})")
+    raise FileNotFoundError(f"no checkpoint {name_or_path!r} (no config.json in {' or '.join(candidates)})")
 
 
 def load_checkpoint(name_or_path, dtype=torch.float32, device="cpu"):

@@ -1,13 +1,14 @@
 """infer.py: the trace of a run, and one clear error line with a non-zero exit for each bad input."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 import infer
 from memagent.tokenizer import get_tokenizer
-from model import Qwen2, config_from_preset, save_checkpoint
+from model import Qwen2, config_from_preset, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,15 @@ def ckpt(tmp_path_factory):
     model = Qwen2(config_from_preset("tiny", vocab_size=tok.vocab_size))
     geometry = {"chunk_tokens": 64, "memory_tokens": 8, "answer_tokens": 6, "prompts": "compact"}
     return save_checkpoint(model, str(root / "ckpt"), tokenizer_file=tok.path, meta={"config": geometry})
+
+
+@pytest.fixture(scope="module")
+def baseline(ckpt, tmp_path_factory):
+    """The same weights marked as a full-attention checkpoint (what train.py --baseline writes)."""
+    model, meta = load_checkpoint(ckpt)
+    config = dict(meta["config"], baseline=True)
+    return save_checkpoint(model, str(tmp_path_factory.mktemp("infer") / "baseline"),
+                           tokenizer_file=meta["tokenizer_file"], meta={"config": config, "full_attention": True})
 
 
 def run(argv, capsys):
@@ -53,29 +63,29 @@ def test_eval_table(ckpt, capsys):
     assert code == 0 and [r["length"] for r in rows] == [200, 400] and all(r["n"] == 2 for r in rows)
 
 
-def test_eval_beside_the_full_attention_baseline(ckpt, capsys):
+def test_eval_beside_the_full_attention_baseline(ckpt, baseline, capsys):
     code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
-                        "--n", "2", "--baseline", ckpt, "--json"], capsys)
+                        "--n", "2", "--baseline", baseline, "--json"], capsys)
     rows = json.loads(out)
     assert code == 0 and rows[0]["baseline_status"] == "ok" and rows[0]["baseline_accuracy"] is not None
     assert rows[1]["baseline_status"] == "beyond 2048 positions" and rows[1]["baseline_accuracy"] is None
     assert rows[0]["kv_mb"] == rows[1]["kv_mb"]  # the agent's window does not grow with the document
     code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
-                        "--n", "1", "--baseline", ckpt], capsys)
+                        "--n", "1", "--baseline", baseline], capsys)
     assert "| 3000 | 1 |" in out and "beyond 2048 positions" in out
 
 
-def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, capsys):
+def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseline, capsys):
     """The tiny checkpoint has 2048 positions: a 3k document is beyond them unless
     --baseline-positions raises the limit, and then its row says the positions were extrapolated."""
     code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
-                        "--n", "1", "--baseline", ckpt, "--baseline-positions", "4096", "--json"], capsys)
+                        "--n", "1", "--baseline", baseline, "--baseline-positions", "4096", "--json"], capsys)
     rows = json.loads(out)
     assert code == 0 and [r["baseline_status"] for r in rows] == ["ok", "ok"]
     assert [r["baseline_extrapolated"] for r in rows] == [False, True]
     assert rows[1]["baseline_kv_mb"] > 5 * rows[0]["baseline_kv_mb"]  # its cache grows with the document
     code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "3k",
-                        "--n", "1", "--baseline", ckpt, "--baseline-positions", "4096"], capsys)
+                        "--n", "1", "--baseline", baseline, "--baseline-positions", "4096"], capsys)
     assert "(positions extrapolated)" in out
 
 
@@ -84,7 +94,10 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, capsys
     (lambda d: ["--file", str(d.joinpath("bin.txt")), "--question", "q"], "is not UTF-8"),
     (lambda d: ["--file", str(d.joinpath("empty.txt")), "--question", "q"], "is empty"),
     (lambda d: ["--file", str(d.joinpath("ok.txt")), "--question", "why " * 3000], "window too small"),
-    (lambda d: ["--task", "vt", "--length", "12q"], "cannot parse length '12q'"),
+    (lambda d: ["--task", "vt", "--length", "12q"], "cannot read length '12q'"),
+    (lambda d: ["--task", "vt", "--eval", "--lengths", "300", "0"], "length '0' must be a positive"),
+    (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--length", "2k"], "a --file is read whole"),
+    (lambda d: ["--task", "vt", "--device", "gpu"], "--device: unknown device 'gpu'"),
     (lambda d: ["--task", "nope"], "unknown task 'nope'"),
     (lambda d: ["--file", str(d.joinpath("ok.txt"))], "--file needs --question"),
     (lambda d: ["--task", "vt", "--baseline", "x"], "--baseline goes with --eval"),
@@ -107,6 +120,29 @@ def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
     code, _, err = run(["--ckpt", ckpt] + make(tmp_path), capsys)
     assert code == 2 and message in err
     assert err.startswith("infer.py: error:") and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_cuda_is_one_line(ckpt, capsys):
+    code, _, err = run(["--ckpt", ckpt, "--task", "vt", "--device", "cuda"], capsys)
+    assert code == 2 and "this torch has no CUDA device" in err
+
+
+def test_an_agent_checkpoint_is_not_a_baseline(ckpt, capsys):
+    code, _, err = run(["--ckpt", ckpt, "--task", "vt", "--eval", "--lengths", "300", "--baseline", ckpt], capsys)
+    assert code == 2 and "is a memory agent's checkpoint, not a full-attention one" in err
+
+
+def test_broken_checkpoint_files_are_named(ckpt, tmp_path, capsys):
+    empty_config = tmp_path / "empty-config"
+    empty_config.mkdir()
+    (empty_config / "config.json").write_text("{}")
+    code, _, err = run(["--ckpt", str(empty_config), "--task", "vt"], capsys)
+    assert code == 2 and "config.json lacks vocab_size, hidden_size" in err
+    truncated = shutil.copytree(ckpt, tmp_path / "truncated")
+    (truncated / "model.safetensors").write_bytes(b"")
+    code, _, err = run(["--ckpt", str(truncated), "--task", "vt"], capsys)
+    assert code == 2 and "cannot read the weights" in err and "model.safetensors" in err
 
 
 def test_a_baseline_checkpoint_is_not_an_agent(ckpt, tmp_path, capsys):
