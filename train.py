@@ -65,7 +65,8 @@ from memagent import tasks
 from memagent.prompts import initial_memory
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
-from model import Qwen2, config_from_preset, load_hf, recover_swap, save_checkpoint, staging_dir, swap_in
+from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, save_checkpoint,
+                   staging_dir, swap_in)
 from rollout import (AgentConfig, check_window, chunk_ids, direct_turn_ids, final_turn_ids,
                      memory_turn_ids, run_agent, run_full_attention)
 
@@ -139,8 +140,8 @@ RECIPES = {
     # the default: tiny model, one magic number among 3 prices, memory room for one value
     "cpu-demo": {},
     # a few seconds: the tests' pipeline
-    "smoke": dict(train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16, notes="keyed",
-                  sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
+    "smoke": dict(out_dir="out/smoke", train_length=256, chunk_tokens=64, memory_tokens=32, answer_tokens=16,
+                  notes="keyed", sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
                   dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1, baseline_steps=4),
     # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
     "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
@@ -193,8 +194,8 @@ def parse_args(argv=None):
         parser.error(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     values = dict(RECIPES[recipe], recipe=recipe)
     values.update({k: v for k, v in vars(args).items() if v is not None})
-    if values.get("baseline") and "out_dir" not in values:
-        values["out_dir"] = "out/baseline"  # never overwrite the agent's run
+    if values.get("baseline") and args.out_dir is None:  # never overwrite the agent's run
+        values["out_dir"] = "out/baseline" if recipe == "cpu-demo" else f"out/{recipe}-baseline"
     if values.get("baseline") and values.get("resume"):
         parser.error("--resume continues an RL run; the --baseline run has no checkpoint to resume "
                      "(pass --init-from OUT_DIR/warmstart to skip its warm start)")
@@ -217,6 +218,11 @@ def parse_args(argv=None):
         parser.error(f"unknown --loss-agg {cfg.loss_agg!r}; choose one of {', '.join(dapo.AGG_MODES)}")
     if cfg.data and not os.path.exists(cfg.data):
         parser.error(f"data file {cfg.data} does not exist")
+    if cfg.device != "auto":
+        try:
+            check_device(cfg.device)
+        except ValueError as e:
+            parser.error(f"--device: {e}")
     if cfg.init_from and not os.path.isdir(cfg.init_from):
         parser.error(f"--init-from {cfg.init_from}: no such directory")
     if cfg.group_size < 1 or cfg.batch_size < 1 or cfg.mini_batches < 1 or cfg.micro_batch < 1:
@@ -1037,6 +1043,8 @@ def main(argv=None):
     print0(f"recipe {cfg.recipe}: " + json.dumps(dataclasses.asdict(cfg)))
     if cfg.recipe in ("paper", "shipped") and not cfg.init_from and cfg.sft_steps == 0:
         print0("note: the paper starts RL from an instruct model: pass --init-from DIR (HF Qwen2)")
+    if cfg.recipe in ("paper", "shipped") and cfg.device == "cpu":
+        print0("note: the paper's geometry on the CPU: one RL step takes hours; it is meant for a GPU")
     data = load_data(cfg)
     model, tokenizer = build_model(cfg)
     geometry_check(cfg, model, tokenizer, data)

@@ -88,6 +88,10 @@ def test_recipes_and_overrides():
                             "--loss-agg", "seq-mean-token-mean"])
     assert (cfg.clip_high, cfg.dynamic_sampling, cfg.loss_agg, cfg.kl_coef) == (0.3, True, "seq-mean-token-mean", 0.001)
     assert train.parse_args([]).recipe == "cpu-demo"
+    # each recipe writes where it cannot overwrite the main job's out/train/rl
+    dirs = [train.parse_args(a).out_dir for a in ([], ["--baseline"], ["--recipe", "smoke"],
+                                                  ["--recipe", "smoke", "--baseline"])]
+    assert dirs == ["out/train", "out/baseline", "out/smoke", "out/smoke-baseline"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -110,6 +114,7 @@ def test_recipes_and_overrides():
     (["--clip-low", "1.5"], "need 0 <= --clip-low < 1"),
     (["--dual-clip", "0.5"], "--dual-clip must be > 1"),
     (["--group-size", "1"], "--group-size must be >= 2 for RL"),
+    (["--device", "gpu"], "--device: unknown device 'gpu'"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
