@@ -1,5 +1,5 @@
 """
-Measured speed of the sampling engine (and, later, of the agent).
+Measured speed of the sampling engine and of the agent.
 
   python bench.py                                  # tiny model, CPU-friendly sizes
   python bench.py --model qwen-ish-0.5b --batch 16 --prompt-len 7000 --new-tokens 256   # on a GPU
@@ -8,8 +8,9 @@ Measured speed of the sampling engine (and, later, of the agent).
       --answer-tokens 1024 --base-length 20000     # the paper's geometry, on a GPU
 
 Prints prefill tokens/s, decode tokens/s (all rows together) and ms per decode step, peak memory,
-and for CUDA the decode bandwidth bound of ../shared/design.md section 6 so the figure can be read
-as a fraction of what the hardware allows. Random weights: speed does not depend on their values.
+and for CUDA the decode bandwidth bound (a decode step must read every weight and each row's KV
+cache once: batch / ((weight bytes + batch x context x KV bytes a token) / bandwidth) tokens/s),
+so the figure can be read as a fraction of what the hardware allows. Random weights: speed does not depend on their values.
 Timings are wall clock after a warm-up run; compare figures only within one run of one machine.
 """
 
@@ -19,7 +20,8 @@ import time
 
 import torch
 
-from model import PRESETS, Qwen2, config_from_preset
+from memagent.tasks import TASKS
+from model import PRESETS, Qwen2, check_device, config_from_preset
 from rollout import generate
 
 
@@ -134,8 +136,8 @@ def bench_agent(args):
     for m in args.multiples:
         cmd = [sys.executable, __file__, "--agent-one", str(m)] + sys.argv[1:]
         out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"bench: the {m}x run failed:\n{out.stderr[-2000:]}")
+        if out.returncode != 0:  # its last line says why (the whole traceback: run it with --agent-one)
+            sys.exit(f"bench: the {m}x run failed: {out.stderr.strip().splitlines()[-1]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         base = base or r["us_per_context_token"]
         print(f"{m:4d} {r['context_tokens']:12d} {r['turns']:5d} {r['seconds']:8.1f} {r['context_tok_s']:13.0f} "
@@ -166,6 +168,16 @@ def main():
     agent.add_argument("--agent-one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.batch = args.batch or ([4] if (args.agent or args.agent_one) else [1, 8])
+    if args.model not in PRESETS:
+        p.error(f"unknown --model {args.model!r}; choose one of {', '.join(PRESETS)}")
+    if args.agent and args.task not in TASKS:
+        p.error(f"unknown --task {args.task!r}; choose one of {', '.join(TASKS)}")
+    if min(args.multiples + [args.chunk_tokens, args.memory_tokens, args.answer_tokens, args.base_length]) < 1:
+        p.error("--multiples, --base-length and the --chunk/--memory/--answer-tokens budgets must be >= 1")
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        p.error(f"--device: {e}")
     if args.new_tokens < 2:
         p.error(f"--new-tokens must be >= 2 (decode speed is timed over the steps after the first), "
                 f"got {args.new_tokens}")

@@ -302,10 +302,10 @@ def policy_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, response
     """DAPO loss of one (micro-)batch of conversations, plus diagnostics.
 
     All tensors (B, T), aligned on the token being predicted: logp_new (with grad), logp_old
-    (from the rollout), advantages (from `broadcast_advantages`), response_mask (1 on response
-    tokens), optional logp_ref (frozen reference: in the loss when kl_coef > 0, else only
-    logged) and entropy (B, T) (for
-    logging only). Returns (loss, metrics). Metrics are plain floats, means over this call's
+    (the policy that sampled the rollouts, before this step's updates), advantages (from
+    `broadcast_advantages`), response_mask (1 on response tokens), optional logp_ref (frozen
+    reference: in the loss when kl_coef > 0, else only logged) and entropy (for logging only).
+    Returns (loss, metrics). Metrics are plain floats, means over this call's
     response tokens; `response_tokens` lets a trainer average them across micro-batches:
         clip_frac_low   share of tokens with A < 0 and r < 1 - eps_low  (zero gradient)
         clip_frac_high  share of tokens with A > 0 and r > 1 + eps_high (zero gradient)

@@ -1044,7 +1044,10 @@ def main(argv=None) -> int:
                                    tokenizer, n_docs=args.docs)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    save_jsonl(samples, args.out)
+    try:
+        save_jsonl(samples, args.out)
+    except OSError as e:
+        parser.error(f"cannot write --out {args.out}: {e.strerror}")
     mean = sum(s["n_tokens"] for s in samples) / len(samples)
     print(f"wrote {len(samples)} {args.task} samples (mean {mean:.0f} tokens) to {args.out} "
           f"in {time.time() - start:.1f}s")

@@ -92,7 +92,10 @@ class Tokenizer(ChatRendering):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no tokenizer model at {path}")
         self.path = path
-        self.sp = spm.SentencePieceProcessor(model_file=path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=path)
+        except (RuntimeError, OSError) as e:  # sentencepiece's own message, e.g. "unk is not defined"
+            raise ValueError(f"{path} is not a sentencepiece model: {e}") from None
         self.vocab_size = self.sp.get_piece_size()
         piece_id = {}
         for piece in SPECIAL_TOKENS + [NEWLINE, "<0xE2>", "<0x96>", "<0x81>"]:

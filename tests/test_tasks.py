@@ -442,9 +442,11 @@ def test_cli_in_process(tok, tmp_path, capsys):
         (["--task", "vt", "--length", "5"], "too small"),
         (["--task", "hotpot_synth", "--docs", "10", "--length", "64k"], "not both"),
         (["--task", "vt", "--length", "1k", "--vocab-size", "512"], "--tokenizer is a finished .model"),
+        (["--task", "vt", "--length", "1k", "--out", str(tmp_path)], f"cannot write --out {tmp_path}"),
+        (["--task", "vt", "--length", "1k", "--tokenizer", str(out)], "is not a sentencepiece model"),
     ]:
         with pytest.raises(SystemExit) as e:
-            tasks.main(argv + ["--out", str(out), "--tokenizer", tok.path])
+            tasks.main(["--out", str(out), "--tokenizer", tok.path] + argv)  # (argv's own flags win)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
 

@@ -108,6 +108,9 @@ def test_decode_reply_stops_at_first_stop_id(tok):
 def test_errors(tok, tmp_path):
     with pytest.raises(FileNotFoundError):
         Tokenizer.load(str(tmp_path / "missing.model"))
+    (tmp_path / "text.model").write_text("not a model")
+    with pytest.raises(ValueError, match="text.model is not a sentencepiece model"):
+        Tokenizer.load(str(tmp_path / "text.model"))
     with pytest.raises(ValueError, match="out of range"):
         tok.decode([tok.vocab_size])
     with pytest.raises(TypeError):
