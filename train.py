@@ -957,7 +957,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     n_tok = max(trained_tokens, 1.0)
     metrics.update({k: v / n_tok for k, v in zip(stats, totals) if k != "response_tokens"})
     # pg_loss: the mean over the mini-batches that stepped (each one's loss summed over micro-batches and ranks)
-    metrics.update(rollout_logp_gap=totals[-3] / n_tok, pg_loss=totals[-2] / max(stepped, 1), groups=int(totals[-1]))
+    metrics.update(rollout_logp_gap=totals[-3] / n_tok, pg_loss=totals[-2] / max(stepped, 1),
+                   groups=int(totals[-1]))
     metrics.update(time_rollout=t_rollout, time_update=t_update, lr=warmup_lr(cfg, step, cfg.mini_batches - 1),
                    tokens_per_s=sums[9] / max(t_rollout, 1e-9), trained_tokens=trained_tokens)
     return metrics
