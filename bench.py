@@ -10,7 +10,8 @@ Measured speed of the sampling engine and of the agent.
 Prints prefill tokens/s, decode tokens/s (all rows together) and ms per decode step, peak memory,
 and for CUDA the decode bandwidth bound (a decode step must read every weight and each row's KV
 cache once: batch / ((weight bytes + batch x context x KV bytes a token) / bandwidth) tokens/s),
-so the figure can be read as a fraction of what the hardware allows. Random weights: speed does not depend on their values.
+so the figure can be read as a fraction of what the hardware allows. Random weights: speed does
+not depend on their values.
 Timings are wall clock after a warm-up run; compare figures only within one run of one machine.
 """
 

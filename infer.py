@@ -127,8 +127,9 @@ def kv_megabytes(model, tokens):
     return tokens * per_token / 2**20
 
 
-def evaluate(model, tokenizer, cfg, args, baseline=None):
-    """Accuracy, tokens/s and peak memory per document length, greedy, on held-out seeds.
+def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
+    """Accuracy, tokens/s and peak memory per document length (`lengths`: args.lengths parsed),
+    greedy, on held-out seeds.
 
     baseline = (model, tokenizer, compact, answer_tokens, trained_positions) of a full-attention
     checkpoint: it answers the SAME documents with each whole document in its window; beyond its
@@ -137,8 +138,7 @@ def evaluate(model, tokenizer, cfg, args, baseline=None):
     """
     device = model.lm_head.weight.device
     rows = []
-    for length_text in args.lengths:
-        length = parse_length_or_fail(length_text)
+    for length_text, length in zip(args.lengths, lengths):
         try:
             samples = [make_sample_retry(args.task, length, args.seed + i, tokenizer) for i in range(args.n)]
         except ValueError as e:
@@ -277,8 +277,9 @@ def main(argv=None):
         fail("--eval reads --lengths (several); --length is for a single document")
     if args.n < 1 or args.batch < 1:
         fail(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
-    for text in (args.lengths if args.eval else [args.length or "4k"]):
-        parse_length_or_fail(text)  # every length checked before minutes of work on the first
+    # every length parsed before minutes of work on the first
+    lengths = [parse_length_or_fail(text) for text in args.lengths]
+    length = parse_length_or_fail(args.length or "4k")
     try:
         device = check_device(args.device)
     except ValueError as e:
@@ -302,7 +303,7 @@ def main(argv=None):
                 b_model.config.max_position_embeddings = args.baseline_positions
             baseline = (b_model, b_tok, b_cfg.get("prompts", "compact") != "full",
                         b_cfg.get("answer_tokens", cfg.answer_tokens), trained_positions)
-        rows = evaluate(model, tokenizer, cfg, args, baseline)
+        rows = evaluate(model, tokenizer, cfg, args, lengths, baseline)
         if args.json:
             print(json.dumps(rows))
         else:
@@ -313,7 +314,7 @@ def main(argv=None):
         sample = dict(question=args.question, context=read_document(args.file), answers=[], task="")
     else:
         try:
-            sample = make_sample_retry(args.task, parse_length_or_fail(args.length or "4k"), args.seed, tokenizer)
+            sample = make_sample_retry(args.task, length, args.seed, tokenizer)
         except ValueError as e:
             fail(str(e))
     result = run_one(model, tokenizer, sample, cfg, args)

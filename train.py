@@ -899,8 +899,10 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     # recomputes them): the engine's (cached decode) agree to ~1e-6 in float32 but differ by up to
     # ~2e-2 a token in bf16, which would read as policy change (ratio != 1, clipping) before any
     # step. How far the engine's are from these is logged as rollout_logp_gap.
-    logp_old_of = score_responses(cfg, model, [c for r in kept for c in r.conversations])
-    gap = sum(abs(a - b) for r in kept for c in r.conversations for a, b in zip(c.logprobs, logp_old_of[id(c)]))
+    kept_convs = [c for r in kept for c in r.conversations]
+    logp_old_of = score_responses(cfg, model, kept_convs)
+    gap = sum(abs(a - b) for c in kept_convs for a, b in zip(c.logprobs, logp_old_of[id(c)]))
+    logp_ref_of = score_responses(cfg, ref_model, kept_convs) if ref_model is not None else None  # frozen
     # token-weighted sums of the per-micro-batch diagnostics; pg_loss adds up to each mini-batch's loss
     stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "dual_clip_frac": 0.0, "ratio_mean": 0.0,
              "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0, "response_tokens": 0.0}
@@ -927,10 +929,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             logp_old = pad_rows([logp_old_of[id(c)] for c, _ in micro], R, device=dev)  # (B, R)
             advantages = mask * torch.tensor([a for _, a in micro], device=dev)[:, None]  # (B, R)
             logp_ref = None
-            if ref_model is not None:
-                with torch.no_grad(), autocast(cfg):
-                    ref_logits = response_logits(ref_model, prompts, responses, cfg.temperature)
-                    logp_ref = dapo.logprobs_from_logits(ref_logits, targets)
+            if logp_ref_of is not None:
+                logp_ref = pad_rows([logp_ref_of[id(c)] for c, _ in micro], R, device=dev)  # (B, R)
             loss, m_stats = dapo.policy_loss(
                 logp, logp_old, advantages, mask, eps_low=cfg.clip_low, eps_high=cfg.clip_high,
                 dual_clip_c=cfg.dual_clip or None, agg=cfg.loss_agg, token_normalizer=token_norm,
