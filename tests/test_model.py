@@ -148,6 +148,17 @@ def test_tiny_preset_size():
     assert set(PRESETS) >= {"tiny", "small", "qwen-ish-0.5b", "qwen-ish-1.5b", "qwen-ish-7b"}
 
 
+def test_init_std_is_the_configs_initializer_range():
+    """Weights are drawn from normal(0, initializer_range) (HF Qwen2Config's field): 0.02 by default,
+    0.05 for `tiny`; biases start at zero. A 2048 x 128 embedding estimates the std to within 1%."""
+    for config, std in ((ModelConfig(), 0.02), (config_from_preset("tiny", vocab_size=2048), 0.05)):
+        torch.manual_seed(0)
+        model = Qwen2(config)
+        for weight in (model.model.embed_tokens.weight, model.model.layers[0].mlp.down_proj.weight):
+            assert abs(weight.std().item() / std - 1) < 0.02 and abs(weight.mean().item()) < std / 50
+        assert torch.count_nonzero(model.model.layers[0].self_attn.q_proj.bias) == 0
+
+
 def tiny_model(seed=0, vocab=101):
     torch.manual_seed(seed)
     return Qwen2(ModelConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
