@@ -63,6 +63,7 @@ import torch.distributed as dist
 import dapo
 from memagent import tasks
 from memagent.prompts import initial_memory
+from memagent.reward import memory_holds
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
 from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, save_checkpoint,
@@ -972,11 +973,16 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
 
 
 def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
-    """{scale: accuracy} for each of --eval-scales; samples shared out over ranks. With
-    full_attention, the model answers with the whole document in its window (the baseline); a
-    scale whose documents do not fit gets None."""
+    """({scale: accuracy}, {scale: holds}) for each of --eval-scales; samples shared out over ranks.
+
+    holds (the agent on needle tasks only, else {}): (fraction of documents whose final memory
+    holds SOME needle's value, fraction whose final memory holds the asked one), from
+    reward.memory_holds. The first says whether the agent copies facts into memory at all, the
+    second whether it keeps the right one: what RL has to teach. With full_attention, the model
+    answers with the whole document in its window (the baseline); a scale whose documents do not
+    fit gets None."""
     model.eval()
-    results = {}
+    results, holds = {}, {}
     scales = [float(s) for s in cfg.eval_scales.split(",")]
     if data is not None and not isinstance(data, tasks.HotpotQA):
         scales = [1.0]  # a JSONL file has its own lengths
@@ -1003,9 +1009,36 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
         correct, count = all_sum([sum(rewards), len(rewards)])
         tokens = sum(s.get("n_tokens") or len(tokenizer.encode(s["context"])) for s in samples)
         results[f"{scale:g}x"] = correct / max(count, 1)
+        kept = ""
+        if not full_attention:  # (every rank takes part in the sum, whatever its samples hold)
+            finals = [(r.memories[-1], s) for r, s in zip(rollouts, samples) if s.get("needles")]
+            any_value, asked, with_needles = all_sum([
+                sum(memory_holds(memory, [n["value"] for n in s["needles"]]) for memory, s in finals),
+                sum(memory_holds(memory, s["answers"]) for memory, s in finals), len(finals)])
+            if with_needles == count > 0:  # a needle task
+                holds[f"{scale:g}x"] = (any_value / count, asked / count)
+                kept = f" | final memory holds a needle value {100 * any_value / count:.0f}%, " \
+                       f"the asked one {100 * asked / count:.0f}%"
         print0(f"eval {label:9s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
-               f"accuracy {100 * correct / max(count, 1):5.1f}% ({time.time() - t0:.0f}s)")
-    return results
+               f"accuracy {100 * correct / max(count, 1):5.1f}%{kept} ({time.time() - t0:.0f}s)")
+    return results, holds
+
+
+def warn_if_no_copy(cfg, holds):
+    """A warning when the starting policy's final memory holds a needle's value in under 70% of
+    the documents at the first eval length: it has not learned to copy a fact into memory, and RL
+    cannot teach WHICH fact to keep before it does. (Measured on cpu-demo, README "Training
+    results": warm starts that copy hold one in 97-100% of documents at 1x; seed 3's, which
+    always writes the same digit, in 34%: a fixed digit is one of a document's four in 40%.)"""
+    if not holds:
+        return
+    scale, (any_value, _) = next(iter(holds.items()))
+    if any_value < 0.7:
+        hint = " (the warm start of some seeds never learns to copy: try another --seed)" \
+            if not cfg.init_from and cfg.sft_steps > 0 else ""
+        print0(f"warning: the starting policy's final memory holds a needle value in only "
+               f"{100 * any_value:.0f}% of documents at {scale}: it does not copy facts into memory, "
+               f"so RL is unlikely to learn{hint}")
 
 
 def print_table(table):
@@ -1080,7 +1113,8 @@ def main(argv=None):
         warm_start_and_save(cfg, model, tokenizer, data)
     if not resuming and cfg.eval_n > 0:
         print0("== evaluating the starting policy")
-        table["warm start"] = evaluate(cfg, model, tokenizer, data, "warm start")
+        table["warm start"], holds = evaluate(cfg, model, tokenizer, data, "warm start")
+        warn_if_no_copy(cfg, holds)
         if RANK == 0:
             with open(table_path, "w") as f:
                 json.dump(table, f, indent=2)
@@ -1135,7 +1169,7 @@ def main(argv=None):
     # 3. evaluation of the RL policy
     if cfg.rl_steps > 0 and cfg.eval_n > 0:
         print0("== evaluating the RL policy")
-        table["RL"] = evaluate(cfg, model, tokenizer, data, "RL")
+        table["RL"], _ = evaluate(cfg, model, tokenizer, data, "RL")
     if table:
         print_table(table)
     if RANK == 0:
@@ -1174,7 +1208,7 @@ def baseline_main(cfg, model, tokenizer, data, t_start):
     table = {}
     if cfg.eval_n > 0:
         print0("== evaluating the full-attention baseline")
-        table["full attention"] = evaluate(cfg, model, tokenizer, data, "baseline", full_attention=True)
+        table["full attention"], _ = evaluate(cfg, model, tokenizer, data, "baseline", full_attention=True)
         print_table(table)
     if RANK == 0:
         with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:

@@ -186,3 +186,17 @@ def score_answer(response: str, answers: list[str]) -> dict:
         "match_all": string_match_all(pred, answers),
         "match_part": string_match_part(pred, answers),
     }
+
+
+def memory_holds(memory: str, values: list[str]) -> bool:
+    """Whether a memory text holds one of `values` as whole words, both normalized as the reward
+    normalizes answers (so " $3." holds "3", as \\boxed{$3} earns "3"'s reward): a diagnostic of
+    what the agent kept (does it copy facts at all? does it keep the asked one?), never a reward.
+
+    >>> memory_holds(" $5.", ["5", "2"]), memory_holds(" 3.", ["$4", "2"]), memory_holds(" 17.", ["7"])
+    (True, False, False)
+    >>> memory_holds(" icy-zebra: 7368886. bold: 2.", ["7368886"]), memory_holds("None.", ["one"])
+    (True, False)
+    """
+    held = f" {normalize_answer(memory)} "
+    return any(normalize_answer(v) and f" {normalize_answer(v)} " in held for v in values)

@@ -217,6 +217,41 @@ def test_default_warm_start_keeps_prices_as_often_as_the_number(tok_dir):
     assert 0.12 < kept_number / n < 0.40, kept_number / n
 
 
+def test_evaluation_reports_what_the_final_memory_holds_and_warns_without_a_copy(tok_dir, monkeypatch,
+                                                                                capsys):
+    """evaluate's second table: of 8 documents whose scripted final memories hold the asked value (2),
+    another needle's value (2), a digit no needle has (2) or nothing (2), the memory holds a needle
+    value in 4/8 and the asked one in 2/8 (hand-counted); a starting policy under 70% gets the
+    warning, one at 70% does not."""
+    from rollout import Rollout
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--eval-n", "8", "--eval-scales", "1", "--device", "cpu"])
+    assert cfg.task == "niah_number_among_prices"
+
+    def scripted_run_agent(model, tokenizer, samples, agent_cfg, group_size, seed, max_positions):
+        rollouts = []
+        for i, sample in enumerate(samples):
+            values = [n["value"] for n in sample["needles"]]
+            other = next(v for v in values if v not in sample["answers"])
+            absent = next(d for d in "0123456789" if d not in values and "$" + d not in values)
+            memory = [sample["answers"][0], other, absent, None][i % 4]
+            rollouts.append(Rollout(sample=i, member=0, conversations=[], answer="",
+                                    memories=[f" {memory}." if memory else "None."], reward=float(i % 4 == 0)))
+        return rollouts
+
+    monkeypatch.setattr(train, "run_agent", scripted_run_agent)
+    accuracy, holds = train.evaluate(cfg, torch.nn.Identity(), tok, None, "scripted")  # (never called)
+    assert accuracy == {"1x": 0.25} and holds == {"1x": (0.5, 0.25)}
+    assert "final memory holds a needle value 50%, the asked one 25%" in capsys.readouterr().out
+    train.warn_if_no_copy(cfg, holds)
+    assert "warning: the starting policy's final memory holds a needle value in only 50% of documents at 1x" \
+        in capsys.readouterr().out
+    train.warn_if_no_copy(cfg, {"1x": (0.7, 0.2)})
+    assert "warning" not in capsys.readouterr().out
+    train.warn_if_no_copy(dataclasses.replace(cfg, sft_steps=0), {"4x": (0.34, 0.12)})
+    assert re.search(r"warning: .* 34% of documents at 4x: .*learn\n", capsys.readouterr().out)  # no --seed hint
+
+
 def test_restated_notes_name_the_question_and_keep_a_random_digit(tok_dir):
     """--notes restate (niah_first_last, memory 6 tokens): each memory is
     " first: d." / " last: d." with the QUESTION's word and the digit of a needle already read;
