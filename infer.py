@@ -7,7 +7,8 @@ Run a trained MemAgent on a document and watch its memory, chunk by chunk.
 
 The agent reads the document in chunks of `chunk_tokens`; after each chunk it rewrites its memory
 (at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the
-memory after every turn shows what the policy chose to keep. `--eval` measures accuracy, tokens/s
+memory after every turn shows what the policy chose to keep. `--eval` measures accuracy, how often
+the final memory holds the answer (below accuracy: the answer turn fails a right memory), tokens/s
 and peak memory over document lengths: the extrapolation table. The agent geometry (chunk, memory
 and answer budgets, prompt variant) comes from the checkpoint's training config unless overridden.
 `--eval --baseline CKPT` adds a full-attention checkpoint (train.py --baseline) on the same
@@ -22,7 +23,7 @@ import time
 
 import torch
 
-from memagent.reward import score_answer
+from memagent.reward import memory_holds, score_answer
 from memagent.tasks import TASKS, make_sample_retry, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import check_device, load_checkpoint
@@ -146,16 +147,19 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        rewards = []
+        rewards, held = [], []  # held: the final memory holds the asked answer (reward.memory_holds)
         for start in range(0, len(samples), args.batch):  # documents of one length read together
             batch = samples[start:start + args.batch]
-            rewards += [r.reward for r in run_agent(model, tokenizer, batch, cfg, seed=args.seed)]
+            for r in run_agent(model, tokenizer, batch, cfg, seed=args.seed):
+                rewards.append(r.reward)
+                held.append(memory_holds(r.memories[-1], batch[r.sample]["answers"]))
             if not args.json:
                 print(f"\r{length_text}: {len(rewards)}/{len(samples)} documents", end="", file=sys.stderr)
         seconds = time.perf_counter() - t0
         tokens = sum(s["n_tokens"] for s in samples)
         problem = max(len(tokenizer.encode(s["question"])) for s in samples)
         row = dict(length=length, accuracy=100 * sum(rewards) / len(rewards), n=len(samples),
+                   memory_holds_answer=100 * sum(held) / len(held),
                    context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device),
                    # the agent's longest conversation (check_window returns it; no window limit here)
                    kv_mb=kv_megabytes(model, check_window(tokenizer, [problem], cfg, 10**12)))
@@ -196,10 +200,11 @@ def run_baseline(baseline, samples, args, tokens):
 
 def print_table(rows):
     if "baseline_status" not in rows[0]:
-        print(f"{'length':>8} {'accuracy %':>10} {'n':>4} {'context tok/s':>13} {'seconds':>8} "
-              f"{'peak MB':>8} {'KV MB/doc':>9}")
+        print(f"{'length':>8} {'accuracy %':>10} {'memory holds answer %':>21} {'n':>4} {'context tok/s':>13} "
+              f"{'seconds':>8} {'peak MB':>8} {'KV MB/doc':>9}")
         for r in rows:
-            print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['n']:4d} {r['context_tok_s']:13.0f} "
+            print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['memory_holds_answer']:21.1f} {r['n']:4d} "
+                  f"{r['context_tok_s']:13.0f} "
                   f"{r['seconds']:8.1f} {r['peak_mem_mb']:8.0f} {r['kv_mb']:9.2f}")
         return
     print("| length | n | MemAgent acc % | MemAgent s | MemAgent KV MB/doc | full attention acc % | "

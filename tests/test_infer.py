@@ -1,6 +1,7 @@
 """infer.py: the trace of a run, and one clear error line with a non-zero exit for each bad input."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -61,6 +62,26 @@ def test_eval_table(ckpt, capsys):
                         "--n", "2", "--json"], capsys)
     rows = json.loads(out)
     assert code == 0 and [r["length"] for r in rows] == [200, 400] and all(r["n"] == 2 for r in rows)
+
+
+def test_eval_counts_the_final_memories_that_hold_the_answer(ckpt, capsys, monkeypatch):
+    """A scripted agent whose final memory holds the answer in the first of every two documents
+    (normalized as the reward: " $<answer>.") and a wrong value in the second: 50% at each length,
+    whatever the (untrained) model would have written; the printed table carries the column."""
+    from rollout import Rollout
+
+    def scripted_run_agent(model, tokenizer, samples, cfg, seed):
+        return [Rollout(sample=i, member=0, conversations=[], answer="", reward=0.0,
+                        memories=[f" ${s['answers'][0]}." if i % 2 == 0 else " none."])
+                for i, s in enumerate(samples)]
+
+    monkeypatch.setattr(infer, "run_agent", scripted_run_agent)
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "200", "400",
+                        "--n", "4", "--json"], capsys)
+    assert code == 0 and [r["memory_holds_answer"] for r in json.loads(out)] == [50.0, 50.0]
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "200",
+                        "--n", "4"], capsys)
+    assert code == 0 and "memory holds answer %" in out and re.search(r"\b50\.0\b", out)
 
 
 def test_eval_beside_the_full_attention_baseline(ckpt, baseline, capsys):
