@@ -8,7 +8,7 @@ Run a trained MemAgent on a document and watch its memory, chunk by chunk.
 The agent reads the document in chunks of `chunk_tokens`; after each chunk it rewrites its memory
 (at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the
 memory after every turn shows what the policy chose to keep. `--eval` measures accuracy, how often
-the final memory holds the answer (below accuracy: the answer turn fails a right memory), tokens/s
+the final memory holds the answer (above accuracy: the answer turn misread a right memory), tokens/s
 and peak memory over document lengths: the extrapolation table. The agent geometry (chunk, memory
 and answer budgets, prompt variant) comes from the checkpoint's training config unless overridden.
 `--eval --baseline CKPT` adds a full-attention checkpoint (train.py --baseline) on the same
@@ -204,8 +204,7 @@ def print_table(rows):
               f"{'seconds':>8} {'peak MB':>8} {'KV MB/doc':>9}")
         for r in rows:
             print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['memory_holds_answer']:21.1f} {r['n']:4d} "
-                  f"{r['context_tok_s']:13.0f} "
-                  f"{r['seconds']:8.1f} {r['peak_mem_mb']:8.0f} {r['kv_mb']:9.2f}")
+                  f"{r['context_tok_s']:13.0f} {r['seconds']:8.1f} {r['peak_mem_mb']:8.0f} {r['kv_mb']:9.2f}")
         return
     print("| length | n | MemAgent acc % | MemAgent s | MemAgent KV MB/doc | full attention acc % | "
           "full attention s | full attention KV MB/doc |")
