@@ -1009,7 +1009,7 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
         correct, count = all_sum([sum(rewards), len(rewards)])
         tokens = sum(s.get("n_tokens") or len(tokenizer.encode(s["context"])) for s in samples)
         results[f"{scale:g}x"] = correct / max(count, 1)
-        kept = ""
+        held_text = ""
         if not full_attention:  # (every rank takes part in the sum, whatever its samples hold)
             finals = [(r.memories[-1], s) for r, s in zip(rollouts, samples) if s.get("needles")]
             any_value, asked, with_needles = all_sum([
@@ -1017,10 +1017,10 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
                 sum(memory_holds(memory, s["answers"]) for memory, s in finals), len(finals)])
             if with_needles == count > 0:  # a needle task
                 holds[f"{scale:g}x"] = (any_value / count, asked / count)
-                kept = f" | final memory holds a needle value {100 * any_value / count:.0f}%, " \
+                held_text = f" | final memory holds a needle value {100 * any_value / count:.0f}%, " \
                        f"the asked one {100 * asked / count:.0f}%"
         print0(f"eval {label:9s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
-               f"accuracy {100 * correct / max(count, 1):5.1f}%{kept} ({time.time() - t0:.0f}s)")
+               f"accuracy {100 * correct / max(count, 1):5.1f}%{held_text} ({time.time() - t0:.0f}s)")
     return results, holds
 
 

@@ -199,4 +199,5 @@ def memory_holds(memory: str, values: list[str]) -> bool:
     (True, False)
     """
     held = f" {normalize_answer(memory)} "
-    return any(normalize_answer(v) and f" {normalize_answer(v)} " in held for v in values)
+    wanted = [normalize_answer(v) for v in values]
+    return any(w and f" {w} " in held for w in wanted)
