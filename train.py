@@ -910,7 +910,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     # token-weighted sums of the per-micro-batch diagnostics; pg_loss adds up to each mini-batch's loss
     stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "dual_clip_frac": 0.0, "ratio_mean": 0.0,
              "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0, "response_tokens": 0.0}
-    pg_loss, stepped = 0.0, 0
+    pg_loss, stepped, grad_norms = 0.0, 0, 0.0
     budget = max(cfg.memory_tokens, cfg.answer_tokens)
     for mini, part in enumerate(parts):
         convs = [(c, adv_of[id(r)]) for g in part for r in g for c in r.conversations]
@@ -952,6 +952,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             group["lr"] = warmup_lr(cfg, step, mini)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         check_finite(float(grad_norm), f"RL step {step + 1} (gradient norm)")
+        grad_norms += float(grad_norm)  # before clipping: how hard the step pulled
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
@@ -962,7 +963,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     metrics.update({k: v / n_tok for k, v in zip(stats, totals) if k != "response_tokens"})
     # pg_loss: the mean over the mini-batches that stepped (each one's loss summed over micro-batches and ranks)
     metrics.update(rollout_logp_gap=totals[-3] / n_tok, pg_loss=totals[-2] / max(stepped, 1),
-                   groups=int(totals[-1]))
+                   groups=int(totals[-1]), grad_norm=grad_norms / max(stepped, 1))
     metrics.update(time_rollout=t_rollout, time_update=t_update, lr=warmup_lr(cfg, step, cfg.mini_batches - 1),
                    tokens_per_s=sums[9] / max(t_rollout, 1e-9), trained_tokens=trained_tokens)
     return metrics
@@ -1153,8 +1154,8 @@ def main(argv=None):
                f"{metrics['memory_len']:.1f} ans {metrics['answer_len']:.1f} trunc "
                f"{metrics['truncation_rate']:.2f} | clip {metrics['clip_frac_low']:.3f}/"
                f"{metrics['clip_frac_high']:.3f} | kl {metrics['approx_kl']:.4f} | ent "
-               f"{metrics['entropy']:.3f} | rollout {metrics['time_rollout']:.1f}s update "
-               f"{metrics['time_update']:.1f}s | {metrics['tokens_per_s']:.0f} tok/s")
+               f"{metrics['entropy']:.3f} | gnorm {metrics['grad_norm']:.2f} | rollout "
+               f"{metrics['time_rollout']:.1f}s update {metrics['time_update']:.1f}s | {metrics['tokens_per_s']:.0f} tok/s")
         if RANK == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")

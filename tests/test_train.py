@@ -401,9 +401,9 @@ def test_smoke_pipeline_writes_everything(smoke_run):
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("reward", "accuracy", "kept_fraction", "memory_len", "answer_len", "truncation_rate",
                 "clip_frac_low", "clip_frac_high", "approx_kl", "entropy", "time_rollout",
-                "time_update", "tokens_per_s"):
+                "time_update", "tokens_per_s", "grad_norm"):
         assert key in rows[0]
-    assert rows[0]["trained_tokens"] > 0 and rows[0]["entropy"] > 0
+    assert rows[0]["trained_tokens"] > 0 and rows[0]["entropy"] > 0 and rows[0]["grad_norm"] >= 0
     for sub in ("warmstart/model.safetensors", "ckpt/model/model.safetensors", "ckpt/trainer.pt",
                 "rl/config.json", "eval.json"):
         assert os.path.exists(os.path.join(out, sub)), sub
@@ -437,7 +437,7 @@ def test_resume_continues_exactly(tok_dir, smoke_run):
         for k in row_a:
             if k not in TIMING_KEYS:
                 assert row_a[k] == pytest.approx(row_b[k], rel=1e-6, abs=1e-9), k
-    assert any(abs(r["pg_loss"]) > 0 for r in a)  # there was a real update to carry over
+    assert any(abs(r["pg_loss"]) > 0 and r["grad_norm"] > 0 for r in a)  # a real update to carry over
     # and a checkpoint from another geometry is refused
     with pytest.raises(SystemExit) as e:
         run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--chunk-tokens", "80"])
