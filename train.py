@@ -1155,7 +1155,8 @@ def main(argv=None):
                f"{metrics['truncation_rate']:.2f} | clip {metrics['clip_frac_low']:.3f}/"
                f"{metrics['clip_frac_high']:.3f} | kl {metrics['approx_kl']:.4f} | ent "
                f"{metrics['entropy']:.3f} | gnorm {metrics['grad_norm']:.2f} | rollout "
-               f"{metrics['time_rollout']:.1f}s update {metrics['time_update']:.1f}s | {metrics['tokens_per_s']:.0f} tok/s")
+               f"{metrics['time_rollout']:.1f}s update {metrics['time_update']:.1f}s | "
+               f"{metrics['tokens_per_s']:.0f} tok/s")
         if RANK == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
