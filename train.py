@@ -1018,8 +1018,8 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
                 sum(memory_holds(memory, s["answers"]) for memory, s in finals), len(finals)])
             if with_needles == count > 0:  # a needle task
                 holds[f"{scale:g}x"] = (any_value / count, asked / count)
-                held_text = f" | final memory holds a needle value {100 * any_value / count:.0f}%, " \
-                       f"the asked one {100 * asked / count:.0f}%"
+                held_text = (f" | final memory holds a needle value {100 * any_value / count:.0f}%, "
+                             f"the asked one {100 * asked / count:.0f}%")
         print0(f"eval {label:9s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
                f"accuracy {100 * correct / max(count, 1):5.1f}%{held_text} ({time.time() - t0:.0f}s)")
     return results, holds
@@ -1031,7 +1031,7 @@ def warn_if_no_copy(cfg, holds):
     cannot teach WHICH fact to keep before it does. (Measured on cpu-demo, README "Training
     results": warm starts that copy hold one in 91-100% of documents at 1x; seed 3's, which
     always writes the same digit, in 34% (a fixed digit is one of a document's four in 40%), and
-    seed 6's in 41%.)"""
+    seeds 6's and 8's in 41% and 44%.)"""
     if not holds:
         return
     scale, (any_value, _) = next(iter(holds.items()))
