@@ -101,6 +101,7 @@ class TrainConfig:
     sft_lr: float = 3e-3
     short_chunk_steps: int = 300  # the first warm-start steps read chunks of short_chunk tokens
     short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
+    curriculum_keep: str = "latest"  # the curriculum's memory targets: latest | reservoir (see warm_start)
     # RL (DAPO)
     rl_steps: int = 40
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
@@ -122,7 +123,11 @@ class TrainConfig:
     dynamic_sampling: bool = True
     max_gen_batches: int = 3
     kl_coef: float = 0.0  # k3 KL to the frozen start policy
-    overlong_buffer: int = 0  # soft overlong punishment buffer in tokens; 0 = off
+    # soft overlong punishment buffer in tokens (0 = off). 1: a reply that fills its budget (cut, or
+    # its stop id in the last slot) costs its rollout -1. Without it the tiny model's RL can drift in
+    # tokens the reward never reads (README: seed 9's `\boxed{2}2}2}...`). More than 1 would punish
+    # every note: " 7." + the stop id is 4 of memory_tokens' 5
+    overlong_buffer: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     # evaluation
@@ -152,8 +157,8 @@ RECIPES = {
                   chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192,
                   group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,
                   warmup_steps=20, weight_decay=0.01, clip_high=0.28, dynamic_sampling=True,
-                  kl_coef=0.0, adv_std=True, rl_steps=400, sft_steps=0, short_chunk=0, dtype="bfloat16",
-                  grad_ckpt=True, rollout_rows=64, eval_n=128, save_every=10),
+                  kl_coef=0.0, adv_std=True, overlong_buffer=0, rl_steps=400, sft_steps=0, short_chunk=0,
+                  dtype="bfloat16", grad_ckpt=True, rollout_rows=64, eval_n=128, save_every=10),
 }
 # the shipped MemAgent scripts: eps_high 0.20, KL 0.001 (k3), no std division, no dynamic sampling
 RECIPES["shipped"] = dict(RECIPES["paper"], clip_high=0.20, kl_coef=0.001, adv_std=False,
@@ -210,6 +215,8 @@ def parse_args(argv=None):
         parser.error(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
     if cfg.prompts not in ("auto", "compact", "full"):
         parser.error(f"--prompts must be auto, compact or full, not {cfg.prompts!r}")
+    if cfg.curriculum_keep not in ("latest", "reservoir"):
+        parser.error(f"--curriculum-keep must be latest or reservoir, not {cfg.curriculum_keep!r}")
     if cfg.notes not in ("value", "keyed", "restate"):
         parser.error(f"--notes must be value, keyed or restate, not {cfg.notes!r}")
     if cfg.notes == "restate" and (cfg.data or cfg.task not in tasks.SHORT_TASKS):
@@ -579,9 +586,9 @@ def note_value(note):
 
 
 def sample_facts(sample, tokenizer, chunks, notes="keyed"):
-    """For each chunk, the notes of the facts lying wholly inside it: memory_note of each needle for
-    NIAH tasks; for other tasks, every sentence of the context. A fact cut by a chunk boundary is
-    in no chunk (the agent cannot see it whole either).
+    """For each chunk, the notes of the facts lying wholly inside it, in the order they appear:
+    memory_note of each needle for NIAH tasks; for other tasks, every sentence of the context. A
+    fact cut by a chunk boundary is in no chunk (the agent cannot see it whole either).
     """
     if sample.get("needles"):
         asked = tasks.asked_word(sample["question"])
@@ -599,16 +606,17 @@ def sample_facts(sample, tokenizer, chunks, notes="keyed"):
             hit = find_ids(ids_bytes, pattern)
             if hit is not None:
                 if hit // size == (hit + len(pattern) - 1) // size:
-                    per_chunk[hit // size].append(note)
+                    per_chunk[hit // size].append((hit, note))
                 break
-    return per_chunk
+    return [[note for _, note in sorted(found)] for found in per_chunk]
 
 
-def warm_start_conversations(sample, tokenizer, cfg, rng):
+def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir"):
     """[(prompt_ids, reply_ids)] for one sample: its K memory turns and the final turn.
 
-    Memory turns: reservoir sampling over the notes seen so far, as many as fit the memory budget,
-    whatever the question asks. Final turn: keyed notes (" bold: 7.") box the asked value(s) if the
+    Memory turns: as many notes as fit the memory budget, chosen whatever the question asks: with
+    keep="reservoir", reservoir sampling over the notes seen so far (a uniform random subset); with
+    keep="latest", the newest ones (no randomness: the copy curriculum's targets, see warm_start). Final turn: keyed notes (" bold: 7.") box the asked value(s) if the
     memory holds them, else "unknown"; value and restated notes (" 7.", " last: 7.") carry no needle
     key to check, so it boxes the value the memory holds. Either way the warm start learns to
     answer from its memory, never which notes to keep.
@@ -623,9 +631,11 @@ def warm_start_conversations(sample, tokenizer, cfg, rng):
     memory_ids = tokenizer.encode(initial_memory(compact))
     for chunk, new_facts in zip(chunks, facts):
         prompt = memory_turn_ids(tokenizer, problem, memory_ids, chunk, compact)
-        for fact in new_facts:  # reservoir sampling: memory = uniform random subset of facts seen
+        for fact in new_facts:
             seen += 1
-            if len(memory) < capacity:
+            if keep == "latest":
+                memory = (memory + [fact])[-capacity:]
+            elif len(memory) < capacity:  # reservoir sampling: a uniform random subset of the facts seen
                 memory.append(fact)
             elif rng.random() < capacity / seen:
                 memory[rng.randrange(capacity)] = fact
@@ -696,12 +706,13 @@ def in_copy_curriculum(cfg, data, step):
 def curriculum_conversations(cfg, tokenizer, data, index, rng, step):
     """Warm-start conversations of training sample `index` at warm-start step `step`: before
     cfg.short_chunk_steps, the sample at short_chunk / chunk_tokens of the training length read in
-    chunks of cfg.short_chunk tokens (as many chunks and needles, a third of the tokens); after,
-    the training geometry itself. A user's data file is never shrunk (only generated tasks are)."""
+    chunks of cfg.short_chunk tokens (as many chunks and needles, a third of the tokens) with
+    memory targets chosen by cfg.curriculum_keep; after, the training geometry itself with
+    reservoir targets. A user's data file is never shrunk (only generated tasks are)."""
     if in_copy_curriculum(cfg, data, step):
         short = dataclasses.replace(cfg, chunk_tokens=cfg.short_chunk)
         sample = get_sample(cfg, tokenizer, data, index, scale=cfg.short_chunk / cfg.chunk_tokens)
-        return warm_start_conversations(sample, tokenizer, short, rng)
+        return warm_start_conversations(sample, tokenizer, short, rng, keep=cfg.curriculum_keep)
     return warm_start_conversations(get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng)
 
 
@@ -717,6 +728,15 @@ def warm_start(cfg, model, tokenizer, data):
     key and digit (attention spread over every position gives almost no gradient toward the
     right one). Short prompts shorten that plateau, and the copy carries over to long ones
     (measured in README "Training results").
+
+    The curriculum's memory targets keep the latest note (--curriculum-keep latest), not a random
+    one: with reservoir targets the note to write after a new needle is the chunk's with
+    probability 1/seen and the memory's otherwise, a coin the model cannot predict, so the
+    gradient toward either copy is diluted. Both choices are question-agnostic (the latest needle
+    is the asked one no more often than a random one), and the last steps return to reservoir
+    targets, so RL still starts from a policy that keeps a random needle. Measured (README): with
+    reservoir targets the copy never formed for seeds 3, 6 and 8 of the cpu-demo; with latest
+    targets seed 8's formed by curriculum step ~175.
     """
     def conversations_of(index, rng, step):
         return curriculum_conversations(cfg, tokenizer, data, index, rng, step)

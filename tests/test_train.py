@@ -217,6 +217,29 @@ def test_default_warm_start_keeps_prices_as_often_as_the_number(tok_dir):
     assert 0.12 < kept_number / n < 0.40, kept_number / n
 
 
+def test_latest_targets_keep_the_newest_needle_read(tok_dir):
+    """keep="latest" (the copy curriculum's targets): after each chunk the memory is the value of
+    the last needle read so far, found here by a regex over the text read, "None." before any;
+    no randomness (any rng gives the same targets); the final turn boxes that value, so the
+    number is kept when it is the last needle, ~1/4 of the time, as with reservoir targets."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--prompts", "compact", "--short-chunk", "0", "--chunk-tokens", "96"])
+    kept_number, n = 0, 80
+    for i in range(n):
+        sample = tasks.make_sample(cfg.task, cfg.train_length, 5000 + i, tok)
+        convs = train.warm_start_conversations(sample, tok, cfg, random.Random(i), keep="latest")
+        assert convs == train.warm_start_conversations(sample, tok, cfg, random.Random(i + 1), keep="latest")
+        chunks = chunk_ids(tok.encode(sample["context"]), cfg.chunk_tokens)
+        memories = [tok.decode(r[:-1]) for _, r in convs[:-1]]
+        read = []  # values of the needles lying whole in a chunk read so far (a cut one is in none)
+        for chunk, memory in zip(chunks, memories):
+            read += re.findall(r"(?:number|price) is (\$?\d)\.", tok.decode(chunk))
+            assert memory == (" %s." % read[-1] if read else "None."), (memory, read)
+        assert tok.decode(convs[-1][1][:-1]) == "\\boxed{%s}" % memories[-1].strip(" .")
+        kept_number += memories[-1].strip(" .") == sample["answers"][0]
+    assert 0.12 < kept_number / n < 0.40, kept_number / n
+
+
 def test_evaluation_reports_what_the_final_memory_holds_and_warns_without_a_copy(tok_dir, monkeypatch,
                                                                                 capsys):
     """evaluate's second table: of 8 documents whose scripted final memories hold the asked value (2),
@@ -293,8 +316,9 @@ def test_copy_curriculum_shrinks_chunks_and_documents_then_stops(tok_dir):
         chunks = chunk_ids(tok.encode(sample["context"]), chunk)
         assert len(convs) == len(chunks) + 1 and len(chunks[0]) == chunk
         assert abs(len(tok.encode(sample["context"])) - doc_tokens) <= 0.02 * doc_tokens
+        keep = "latest" if step < cfg.short_chunk_steps else "reservoir"  # (the curriculum's targets)
         assert convs[:-1] == train.warm_start_conversations(
-            sample, tok, dataclasses.replace(cfg, chunk_tokens=chunk), random.Random(0))[:-1]
+            sample, tok, dataclasses.replace(cfg, chunk_tokens=chunk), random.Random(0), keep=keep)[:-1]
         for (prompt, _), c in zip(convs, chunks):  # each memory turn reads its own chunk
             assert any(prompt[i:i + len(c)] == c for i in range(len(prompt)))
     off = dataclasses.replace(cfg, short_chunk=0)
