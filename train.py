@@ -616,9 +616,10 @@ def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir"):
 
     Memory turns: as many notes as fit the memory budget, chosen whatever the question asks: with
     keep="reservoir", reservoir sampling over the notes seen so far (a uniform random subset); with
-    keep="latest", the newest ones (no randomness: the copy curriculum's targets, see warm_start). Final turn: keyed notes (" bold: 7.") box the asked value(s) if the
-    memory holds them, else "unknown"; value and restated notes (" 7.", " last: 7.") carry no needle
-    key to check, so it boxes the value the memory holds. Either way the warm start learns to
+    keep="latest", the newest ones (no randomness: the copy curriculum's targets, see warm_start).
+    Final turn: keyed notes (" bold: 7.") box the asked value(s) if the memory holds them, else
+    "unknown"; value and restated notes (" 7.", " last: 7.") carry no needle key to check, so it
+    boxes the value the memory holds. Either way the warm start learns to
     answer from its memory, never which notes to keep.
     """
     compact = agent_config(cfg, 1.0).compact_prompts
