@@ -177,6 +177,10 @@ HELP = {
     "compile": "torch.compile model.forward, the call the sampling engine makes (prefill and decode); the "
                "training forward (hidden_states + logits) stays eager",
     "eval_scales": "multiples of the training length to evaluate at",
+    "curriculum_keep": "memory targets of the copy curriculum's steps: latest (the newest notes) or reservoir "
+                       "(a random subset, as in the later warm-start steps); both ignore the question",
+    "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
+                       "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
     "baseline": "train the FULL-ATTENTION baseline instead: the agent's warm start (or --init-from), "
                 "then --baseline-steps supervised steps answering with the whole document in the "
@@ -619,8 +623,8 @@ def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir"):
     keep="latest", the newest ones (no randomness: the copy curriculum's targets, see warm_start).
     Final turn: keyed notes (" bold: 7.") box the asked value(s) if the memory holds them, else
     "unknown"; value and restated notes (" 7.", " last: 7.") carry no needle key to check, so it
-    boxes the value the memory holds. Either way the warm start learns to
-    answer from its memory, never which notes to keep.
+    boxes the value the memory holds. Either way the warm start learns to answer from its memory,
+    never which notes to keep.
     """
     compact = agent_config(cfg, 1.0).compact_prompts
     problem = tokenizer.encode(sample["question"])
