@@ -927,10 +927,13 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     # the old policy's log-probs, scored by the update's own forward before any update (as verl
     # recomputes them): the engine's (cached decode) agree to ~1e-6 in float32 but differ by up to
     # ~2e-2 a token in bf16, which would read as policy change (ratio != 1, clipping) before any
-    # step. How far the engine's are from these is logged as rollout_logp_gap.
+    # step. How far the engine's are from these is logged as rollout_logp_gap. The first
+    # mini-batch runs before any update, so its own forward's log-probs, detached, are its old
+    # ones; only the later mini-batches are scored here (none with one mini-batch per step).
     kept_convs = [c for r in kept for c in r.conversations]
-    logp_old_of = score_responses(cfg, model, kept_convs)
-    gap = sum(abs(a - b) for c in kept_convs for a, b in zip(c.logprobs, logp_old_of[id(c)]))
+    later_convs = [c for part in parts[1:] for g in part for r in g for c in r.conversations]
+    logp_old_of = score_responses(cfg, model, later_convs)
+    gap = sum(abs(a - b) for c in later_convs for a, b in zip(c.logprobs, logp_old_of[id(c)]))
     logp_ref_of = score_responses(cfg, ref_model, kept_convs) if ref_model is not None else None  # frozen
     # token-weighted sums of the per-micro-batch diagnostics; pg_loss adds up to each mini-batch's loss
     stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "dual_clip_frac": 0.0, "ratio_mean": 0.0,
@@ -955,7 +958,12 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             targets = pad_rows(responses, R, dtype=torch.long, device=dev)  # (B, R)
             mask = pad_rows([[1] * len(r) for r in responses], R, device=dev)  # (B, R)
             logp = dapo.logprobs_from_logits(logits, targets)  # (B, R)
-            logp_old = pad_rows([logp_old_of[id(c)] for c, _ in micro], R, device=dev)  # (B, R)
+            if mini == 0:  # the policy that sampled, not yet updated: ratio exactly 1
+                logp_old = logp.detach()  # (B, R)
+                gap += sum(abs(a - b) for (c, _), row in zip(micro, logp_old.tolist())
+                           for a, b in zip(c.logprobs, row))
+            else:
+                logp_old = pad_rows([logp_old_of[id(c)] for c, _ in micro], R, device=dev)  # (B, R)
             advantages = mask * torch.tensor([a for _, a in micro], device=dev)[:, None]  # (B, R)
             logp_ref = None
             if logp_ref_of is not None:

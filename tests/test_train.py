@@ -349,6 +349,27 @@ def test_response_logits_match_the_full_forward():
         torch.testing.assert_close(got[b, :len(r)], want, atol=1e-5, rtol=1e-5)
 
 
+
+def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
+    """rl_step takes the first mini-batch's old log-probs from its own training forward, detached,
+    instead of a no-grad scoring pass first: exact only if the forward with grad computes the very
+    same numbers (oracle: score_responses, the scoring pass the later mini-batches still use)."""
+    torch.manual_seed(0)
+    model = Qwen2(config_from_preset("tiny", vocab_size=64)).train()
+    rng = random.Random(0)
+    convs = [dataclasses.make_dataclass("Conv", ["prompt_ids", "response_ids"])(
+        [rng.randrange(1, 64) for _ in range(rng.randint(3, 20))],
+        [rng.randrange(1, 64) for _ in range(rng.randint(1, 6))]) for _ in range(7)]
+    cfg = train.TrainConfig(micro_batch=len(convs), device="cpu")
+    scored = train.score_responses(cfg, model, convs)
+    responses = [c.response_ids for c in convs]
+    logits = train.response_logits(model, [c.prompt_ids for c in convs], responses)  # with grad
+    targets = train.pad_rows(responses, logits.size(1), dtype=torch.long)
+    logp = dapo.logprobs_from_logits(logits, targets)  # (B, R)
+    assert logp.requires_grad
+    for c, row in zip(convs, logp.detach().tolist()):
+        assert row[:len(c.response_ids)] == scored[id(c)]  # bit for bit: every ratio is exactly 1
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_training_keeps_fp32_weights_so_a_1e_6_update_survives(tok_dir, device):
     """--dtype bfloat16 is mixed precision: the weights stay float32 and only the forward runs in
@@ -491,6 +512,18 @@ def test_first_mini_batch_is_on_policy_in_bf16(tok_dir, smoke_run):
     assert row["trained_tokens"] > 0 and row["rollout_logp_gap"] > 1e-4  # the engine's do differ
     assert row["approx_kl"] == 0.0 and row["ratio_mean"] == 1.0
     assert row["clip_frac_low"] == row["clip_frac_high"] == 0.0
+
+
+def test_later_mini_batches_are_scored_before_the_first_update(tok_dir, smoke_run):
+    """With two mini-batches the second one's old log-probs are the policy that sampled (float32:
+    equal to the engine's), while its new ones come from the policy the first step moved."""
+    out = fresh_out(tok_dir, "two-mini-batches")
+    run_main(["--recipe", "smoke", "--out-dir", out, "--eval-n", "0", "--rl-steps", "1", "--mini-batches", "2",
+              "--init-from", os.path.join(smoke_run[0], "warmstart")])
+    (row,) = read_metrics(out)
+    assert row["trained_tokens"] > 0
+    assert row["rollout_logp_gap"] < 1e-5  # every mini-batch's old log-probs: the sampling policy's
+    assert row["ratio_mean"] != 1.0  # the second mini-batch's new ones: after the first update
 
 
 def test_hotpotqa_file_trains_and_evaluates_at_document_multiples(tok_dir, tmp_path):
