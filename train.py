@@ -103,9 +103,7 @@ class TrainConfig:
     short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
     curriculum_keep: str = "latest"  # the curriculum's memory targets: latest | reservoir (see warm_start)
     # RL (DAPO)
-    # 60: seeds whose reward rises late need them (README: seed 7 was at 15.6% after 40 steps, 75.0%
-    # after 60), and a default run still finishes within 15 minutes on 2 cores
-    rl_steps: int = 60
+    rl_steps: int = 40
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
     group_size: int = 8  # rollouts per prompt
     # one on-policy AdamW step per rollout batch at 5e-4: the tiny model's RL drifts at more (README:
