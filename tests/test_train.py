@@ -349,7 +349,6 @@ def test_response_logits_match_the_full_forward():
         torch.testing.assert_close(got[b, :len(r)], want, atol=1e-5, rtol=1e-5)
 
 
-
 def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
     """rl_step takes the first mini-batch's old log-probs from its own training forward, detached,
     instead of a no-grad scoring pass first: exact only if the forward with grad computes the very
@@ -369,6 +368,7 @@ def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
     assert logp.requires_grad
     for c, row in zip(convs, logp.detach().tolist()):
         assert row[:len(c.response_ids)] == scored[id(c)]  # bit for bit: every ratio is exactly 1
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_training_keeps_fp32_weights_so_a_1e_6_update_survives(tok_dir, device):
