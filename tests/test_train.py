@@ -356,9 +356,9 @@ def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
     torch.manual_seed(0)
     model = Qwen2(config_from_preset("tiny", vocab_size=64)).train()
     rng = random.Random(0)
-    convs = [dataclasses.make_dataclass("Conv", ["prompt_ids", "response_ids"])(
-        [rng.randrange(1, 64) for _ in range(rng.randint(3, 20))],
-        [rng.randrange(1, 64) for _ in range(rng.randint(1, 6))]) for _ in range(7)]
+    Conv = dataclasses.make_dataclass("Conv", ["prompt_ids", "response_ids"])
+    convs = [Conv([rng.randrange(1, 64) for _ in range(rng.randint(3, 20))],
+                  [rng.randrange(1, 64) for _ in range(rng.randint(1, 6))]) for _ in range(7)]
     cfg = train.TrainConfig(micro_batch=len(convs), device="cpu")
     scored = train.score_responses(cfg, model, convs)
     responses = [c.response_ids for c in convs]
