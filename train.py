@@ -103,7 +103,7 @@ class TrainConfig:
     short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
     curriculum_keep: str = "latest"  # the curriculum's memory targets: latest | reservoir (see warm_start)
     # RL (DAPO)
-    rl_steps: int = 40
+    rl_steps: int = 80
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
     group_size: int = 8  # rollouts per prompt
     # one on-policy AdamW step per rollout batch at 5e-4: the tiny model's RL drifts at more (README:
@@ -132,7 +132,7 @@ class TrainConfig:
     top_p: float = 1.0
     # evaluation
     eval_scales: str = "1,4,16,64"
-    eval_n: int = 32  # held-out documents per length; 0 = no evaluation
+    eval_n: int = 64  # held-out documents per length (one is 1.6 points); 0 = no evaluation
     # system
     out_dir: str = "out/train"
     seed: int = 0
