@@ -102,6 +102,8 @@ class TrainConfig:
     short_chunk_steps: int = 300  # the first warm-start steps read chunks of short_chunk tokens
     short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
     curriculum_keep: str = "latest"  # the curriculum's memory targets: latest | reservoir (see warm_start)
+    copy_gate: float = 0.3  # the curriculum goes on while its mean loss is above this (0 = off; see warm_start)
+    copy_patience: int = 300  # at most this many added curriculum steps
     # RL (DAPO)
     rl_steps: int = 80
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
@@ -179,6 +181,8 @@ HELP = {
     "eval_scales": "multiples of the training length to evaluate at",
     "curriculum_keep": "memory targets of the copy curriculum's steps: latest (the newest notes) or reservoir "
                        "(a random subset, as in the later warm-start steps); both ignore the question",
+    "copy_gate": "warm start: where the copy curriculum ends, go on with it while the mean loss of its last "
+                 "25 steps is above this (the copy has not formed), for at most --copy-patience steps; 0 = off",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
@@ -221,6 +225,8 @@ def parse_args(argv=None):
         parser.error(f"--prompts must be auto, compact or full, not {cfg.prompts!r}")
     if cfg.curriculum_keep not in ("latest", "reservoir"):
         parser.error(f"--curriculum-keep must be latest or reservoir, not {cfg.curriculum_keep!r}")
+    if cfg.copy_gate < 0 or cfg.copy_patience < 0:
+        parser.error(f"--copy-gate {cfg.copy_gate} and --copy-patience {cfg.copy_patience} must be >= 0 (0 = off)")
     if cfg.notes not in ("value", "keyed", "restate"):
         parser.error(f"--notes must be value, keyed or restate, not {cfg.notes!r}")
     if cfg.notes == "restate" and (cfg.data or cfg.task not in tasks.SHORT_TASKS):
@@ -658,26 +664,35 @@ def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir"):
     return convs
 
 
-def supervised(cfg, model, conversations_of, label):
+def supervised(cfg, model, conversations_of, label, gate_at=None):
     """cfg.sft_steps AdamW steps of cross-entropy on reply tokens only (the prompt carries no loss).
 
     conversations_of(index, rng, step) gives the [(prompt_ids, reply_ids)] of training sample `index`;
     each step takes cfg.sft_batch samples (shared out over ranks), the loss is the global token mean.
     Learning rate: linear warm-up, then cosine down to 10%.
+
+    gate_at (the warm start: where its copy curriculum ends): before step gate_at, while the mean
+    loss of the last 25 steps is above cfg.copy_gate, add curriculum steps (at most
+    cfg.copy_patience) on new samples at the learning rate of step gate_at - 1. The scheduled steps
+    then go on as if none had been added, so a run whose copy formed in time is unchanged.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng = random.Random(cfg.seed + 12345 + RANK)
     model.train()
     t0 = time.time()
     per_rank = max(1, cfg.sft_batch // WORLD)
-    for step in range(cfg.sft_steps):
+
+    def lr_at(step):
         warmup = min(1.0, (step + 1) / min(20, cfg.sft_steps // 5 + 1))
-        lr = cfg.sft_lr * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * step / cfg.sft_steps)))  # cosine to 10%
+        return cfg.sft_lr * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * step / cfg.sft_steps)))  # cosine to 10%
+
+    def train_step(sample_step, data_step, lr):
+        """One AdamW step at lr on the samples of sample_step, built as at step data_step; the global loss."""
         for group in optimizer.param_groups:
             group["lr"] = lr
         convs = []
         for i in range(per_rank):
-            convs += conversations_of(SFT_SEED + (step * WORLD + RANK) * per_rank + i, rng, step)
+            convs += conversations_of(SFT_SEED + (sample_step * WORLD + RANK) * per_rank + i, rng, data_step)
         n_tokens = all_sum([sum(len(r) for _, r in convs)])[0]  # global token-mean
         loss_sum = 0.0
         for m in range(0, len(convs), cfg.micro_batch):
@@ -696,10 +711,39 @@ def supervised(cfg, model, conversations_of, label):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return all_sum([loss_sum])[0]
+
+    losses = []
+    for step in range(cfg.sft_steps):
+        if step == gate_at:
+            extend_copy_curriculum(cfg, losses, lambda extra: train_step(cfg.sft_steps + extra, step - 1,
+                                                                         lr_at(step - 1)), label, t0)
+        losses.append(train_step(step, step, lr_at(step)))
         if step % 25 == 0 or step == cfg.sft_steps - 1:
-            print0(f"{label} {step + 1:4d}/{cfg.sft_steps} | loss {all_sum([loss_sum])[0]:.4f} | "
-                   f"lr {lr:.2e} | {time.time() - t0:.0f}s")
+            print0(f"{label} {step + 1:4d}/{cfg.sft_steps} | loss {losses[-1]:.4f} | "
+                   f"lr {lr_at(step):.2e} | {time.time() - t0:.0f}s")
     model.eval()
+
+
+def extend_copy_curriculum(cfg, losses, curriculum_step, label, t0):
+    """Run curriculum_step(extra) for extra = 0, 1, ... while the mean of the last 25 losses is above
+    cfg.copy_gate, at most cfg.copy_patience times (see warm_start: the copy curriculum's gate)."""
+    def recent():
+        return sum(losses[-25:]) / len(losses[-25:])
+
+    extra = 0
+    while recent() > cfg.copy_gate and extra < cfg.copy_patience:
+        losses.append(curriculum_step(extra))
+        extra += 1
+        if extra % 25 == 0:
+            print0(f"{label} +{extra:3d} copy curriculum steps | loss {losses[-1]:.4f} | mean of the last 25 "
+                   f"{recent():.4f} | {time.time() - t0:.0f}s")
+    if recent() <= cfg.copy_gate:
+        print0(f"{label}: copy curriculum: mean loss of its last 25 steps {recent():.4f} <= --copy-gate "
+               f"{cfg.copy_gate}, the copy formed" + (f" ({extra} steps added)" if extra else ""))
+    else:
+        print0(f"{label}: copy curriculum: mean loss of its last 25 steps {recent():.4f} still above "
+               f"--copy-gate {cfg.copy_gate} after {extra} added steps: the copy has not formed")
 
 
 def in_copy_curriculum(cfg, data, step):
@@ -742,6 +786,11 @@ def warm_start(cfg, model, tokenizer, data):
     targets, so RL still starts from a policy that keeps a random needle. Measured (README): with
     reservoir targets the copy never formed for seeds 3, 6 and 8 of the cpu-demo; with latest
     targets seed 8's formed by curriculum step ~175 and seed 3's by ~275.
+
+    The copy gate: a seed whose copy has not formed when the curriculum ends sits on a plateau
+    (loss ~0.45; a formed copy ~0.01-0.15), and RL cannot start from it. So where the curriculum
+    would end, it goes on while the mean loss of its last 25 steps is above --copy-gate (0.3),
+    for at most --copy-patience (300) more steps; a seed whose copy formed in time is unchanged.
     """
     def conversations_of(index, rng, step):
         return curriculum_conversations(cfg, tokenizer, data, index, rng, step)
@@ -749,7 +798,8 @@ def warm_start(cfg, model, tokenizer, data):
     if in_copy_curriculum(cfg, data, 0):
         print0(f"warm start: chunks of {cfg.short_chunk} tokens for {min(cfg.short_chunk_steps, cfg.sft_steps)} "
                f"steps, then {cfg.chunk_tokens}")
-    supervised(cfg, model, conversations_of, "warm start")
+    gated = in_copy_curriculum(cfg, data, 0) and cfg.copy_gate > 0 and cfg.short_chunk_steps < cfg.sft_steps
+    supervised(cfg, model, conversations_of, "warm start", gate_at=cfg.short_chunk_steps if gated else None)
 
 
 # -----------------------------------------------------------------------------

@@ -101,6 +101,8 @@ def test_recipes_and_overrides():
     (["--loss-agg", "mean"], "unknown --loss-agg"),
     (["--data", "/no/such/file.jsonl"], "does not exist"),
     (["--notes", "long"], "--notes must be"),
+    (["--copy-gate", "-0.1"], "must be >= 0 (0 = off)"),
+    (["--copy-patience", "-5"], "must be >= 0 (0 = off)"),
     (["--notes", "restate", "--task", "hotpot_synth"], "--notes restate needs"),
     (["--dtype", "float16"], "gradient scaler"),
     (["--rollout-rows", "-1"], "--rollout-rows must be >= 0"),
@@ -324,6 +326,45 @@ def test_copy_curriculum_shrinks_chunks_and_documents_then_stops(tok_dir):
     off = dataclasses.replace(cfg, short_chunk=0)
     assert train.curriculum_conversations(off, tok, None, 7, random.Random(0), 0) == \
         train.curriculum_conversations(cfg, tok, None, 7, random.Random(0), cfg.short_chunk_steps)
+
+
+def test_copy_gate_adds_curriculum_steps_until_the_mean_loss_falls():
+    """25 losses of 0.5, then added steps of loss 0.1: the mean of the last 25 is (25 - k) * 0.5 / 25
+    + k * 0.1 / 25 = 0.308 after k = 12 added steps and 0.292 after 13, so a 0.3 gate adds 13.
+    A loss that stays on the plateau stops at --copy-patience; a formed copy adds none."""
+    cfg = train.parse_args(["--copy-gate", "0.3", "--copy-patience", "40"])
+    for start, step_loss, added in ((0.5, 0.1, 13), (0.5, 0.5, 40), (0.2, 0.5, 0)):
+        calls = []
+        train.extend_copy_curriculum(cfg, [start] * 25, lambda extra: calls.append(extra) or step_loss,
+                                     "warm start", 0.0)
+        assert calls == list(range(added)), (start, step_loss)
+
+
+def test_copy_gate_inserts_its_steps_and_leaves_the_schedule_alone():
+    """supervised with the gate at step 3 of 6: the added steps read new samples (sample steps 6, 7)
+    built as curriculum step 2, then steps 3-5 run exactly as scheduled. A gate the loss already
+    passes gives the same weights, bit for bit, as no gate."""
+    cfg = train.parse_args(["--device", "cpu", "--sft-steps", "6", "--sft-batch", "1", "--copy-patience", "2"])
+    reply = [5, 6, 7, 8]
+
+    def run(gate, gate_at):
+        torch.manual_seed(0)
+        model = Qwen2(config_from_preset("tiny", vocab_size=64))
+        calls = []
+
+        def conversations_of(index, rng, step):
+            calls.append((index - train.SFT_SEED, step))
+            return [([1, 2, 3, index % 50 + 10], reply)]
+
+        train.supervised(dataclasses.replace(cfg, copy_gate=gate), model, conversations_of, "t", gate_at=gate_at)
+        return calls, model.state_dict()
+
+    never_formed, _ = run(1e-9, 3)
+    assert never_formed == [(0, 0), (1, 1), (2, 2), (6, 2), (7, 2), (3, 3), (4, 4), (5, 5)]
+    formed, weights = run(1e9, 3)
+    ungated, reference = run(1e9, None)
+    assert formed == ungated == [(i, i) for i in range(6)]
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
 
 def test_memory_note_tokenizes_like_the_needle_text(tok_dir):
