@@ -183,6 +183,7 @@ HELP = {
                        "(a random subset, as in the later warm-start steps); both ignore the question",
     "copy_gate": "warm start: where the copy curriculum ends, go on with it while the mean loss of its last "
                  "25 steps is above this (the copy has not formed), for at most --copy-patience steps; 0 = off",
+    "copy_patience": "most curriculum steps the copy gate may add (default 300)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
@@ -740,7 +741,7 @@ def extend_copy_curriculum(cfg, losses, curriculum_step, label, t0):
                    f"{recent():.4f} | {time.time() - t0:.0f}s")
     if recent() <= cfg.copy_gate:
         print0(f"{label}: copy curriculum: mean loss of its last 25 steps {recent():.4f} <= --copy-gate "
-               f"{cfg.copy_gate}, the copy formed" + (f" ({extra} steps added)" if extra else ""))
+               f"{cfg.copy_gate}: through the gate" + (f" ({extra} steps added)" if extra else ""))
     else:
         print0(f"{label}: copy curriculum: mean loss of its last 25 steps {recent():.4f} still above "
                f"--copy-gate {cfg.copy_gate} after {extra} added steps: the copy has not formed")
@@ -1118,7 +1119,7 @@ def warn_if_no_copy(cfg, holds):
     results": warm starts that copy hold one in 91-100% of documents at 1x; seed 3's, which
     always writes the same digit, in 34% (a fixed digit is one of a document's four in 40%), and
     seed 6's and seed 8's in 41% and 44%, all before the copy curriculum kept the newest note;
-    seed 6's still 31% since.)"""
+    seed 6's still 31% after that, and 70-78% since the copy gate.)"""
     if not holds:
         return
     scale, (any_value, _) = next(iter(holds.items()))
