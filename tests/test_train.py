@@ -16,7 +16,7 @@ import torch
 
 import dapo
 import train
-from rollout import chunk_ids
+from rollout import Generation, chunk_ids
 from memagent import tasks
 from memagent.reward import compute_reward
 from memagent.tokenizer import get_tokenizer
@@ -101,7 +101,8 @@ def test_recipes_and_overrides():
     (["--loss-agg", "mean"], "unknown --loss-agg"),
     (["--data", "/no/such/file.jsonl"], "does not exist"),
     (["--notes", "long"], "--notes must be"),
-    (["--copy-gate", "-0.1"], "must be >= 0 (0 = off)"),
+    (["--copy-gate", "-0.1"], "must be a fraction of documents in [0, 1]"),
+    (["--copy-gate", "1.5"], "must be a fraction of documents in [0, 1]"),
     (["--copy-patience", "-5"], "must be >= 0 (0 = off)"),
     (["--notes", "restate", "--task", "hotpot_synth"], "--notes restate needs"),
     (["--dtype", "float16"], "gradient scaler"),
@@ -328,21 +329,73 @@ def test_copy_curriculum_shrinks_chunks_and_documents_then_stops(tok_dir):
         train.curriculum_conversations(cfg, tok, None, 7, random.Random(0), cfg.short_chunk_steps)
 
 
-def test_copy_gate_adds_curriculum_steps_until_the_mean_loss_falls():
-    """25 losses of 0.5, then added steps of loss 0.1: the mean of the last 25 is (25 - k) * 0.5 / 25
-    + k * 0.1 / 25 = 0.308 after k = 12 added steps and 0.292 after 13, so a 0.3 gate adds 13.
-    A loss that stays on the plateau stops at --copy-patience; a formed copy adds none."""
-    cfg = train.parse_args(["--copy-gate", "0.3", "--copy-patience", "40"])
-    for start, step_loss, added in ((0.5, 0.1, 13), (0.5, 0.5, 40), (0.2, 0.5, 0)):
-        calls = []
-        train.extend_copy_curriculum(cfg, [start] * 25, lambda extra: calls.append(extra) or step_loss,
-                                     "warm start", 0.0)
-        assert calls == list(range(added)), (start, step_loss)
+def test_copy_gate_adds_curriculum_steps_until_the_agent_copies():
+    """The gate measures, then adds GATE_EVERY (25) steps between measurements: rates 0.1, 0.5, 0.8
+    pass a 0.75 gate after 50 added steps; a rate that never rises stops at --copy-patience (40 =
+    25 + 15 steps, measured after each part); a copy formed in time adds none and measures once."""
+    for rates, patience, added, measured in (([0.1, 0.5, 0.8, 0.9], 100, 50, 3), ([0.1] * 5, 40, 40, 3),
+                                             ([0.9], 100, 0, 1)):
+        cfg = train.parse_args(["--copy-gate", "0.75", "--copy-patience", str(patience)])
+        steps, rates_left = [], list(rates)
+        assert train.extend_copy_curriculum(cfg, lambda: rates_left.pop(0), lambda extra: steps.append(extra) or 0.4,
+                                            "warm start", 0.0) == added
+        assert steps == list(range(added)) and len(rates) - len(rates_left) == measured, rates
+
+
+NUMBER, PRICE = re.compile(r"The magic number is (\d)\."), re.compile(r"The \w+ price is \$(\d)\.")
+
+
+def newest_note(text):
+    """The note of the last needle sentence in `text` (' 9.' or ' $6.'), or None: a regex reading of
+    what the copy curriculum's latest-note targets are."""
+    found = [(m.start(), f" {m.group(1)}.") for m in NUMBER.finditer(text)]
+    found += [(m.start(), f" ${m.group(1)}.") for m in PRICE.finditer(text)]
+    return max(found)[1] if found else None
+
+
+def test_copy_rate_scores_the_final_memory_against_the_newest_note(tok_dir):
+    """copy_rate against scripted agents read off the prompt text by regex. One writes the newest
+    note of its chunk, or keeps its memory when the chunk has none: exactly the curriculum's
+    target, so every document counts (rate 1). One writes 'None.' after a chunk without a needle:
+    right exactly on the documents whose last chunk holds a whole needle, counted here from the
+    decoded chunks (documents with no whole needle are not scored)."""
+    cfg = train.parse_args(["--device", "cpu"])
+    cfg.prompts = "compact"
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    model = Qwen2(config_from_preset("tiny", vocab_size=tok.vocab_size))
+
+    def agent(keep_memory):
+        def policy(prompts, budgets, stop_ids, agent_cfg):
+            out = []
+            for ids, budget in zip(prompts, budgets):
+                text = tok.decode(ids)
+                if "Text:" not in text:  # the final turn is not scored: answer anything
+                    reply = [tok.im_end_id]
+                else:
+                    chunk = text.split("Text:\n", 1)[1].split("\nNew memory:", 1)[0]
+                    assert len(tok.encode(chunk)) < cfg.chunk_tokens / 2  # curriculum chunks (16 tokens), not 48
+                    memory = text.split("Memory:\n", 1)[1].split("\nText:", 1)[0]
+                    reply = tok.render_reply(newest_note(chunk) or (memory if keep_memory else "None."))[:budget]
+                out.append(Generation(tokens=reply, logprobs=[0.0] * len(reply), stop_reason="stop"))
+            return out
+        return policy
+
+    n = 24
+    assert train.copy_rate(cfg, model, tok, n=n, policy=agent(True)) == 1.0
+    with_note, last_chunk_note = 0, 0
+    for i in range(n):
+        sample = train.get_sample(cfg, tok, None, train.EVAL_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
+        notes = [newest_note(tok.decode(c)) for c in chunk_ids(tok.encode(sample["context"]), cfg.short_chunk)]
+        with_note += any(notes)
+        last_chunk_note += notes[-1] is not None
+    assert 0 < last_chunk_note < with_note
+    assert train.copy_rate(cfg, model, tok, n=n, policy=agent(False)) == last_chunk_note / with_note
+    assert model.training  # copy_rate leaves the model as it found it
 
 
 def test_copy_gate_inserts_its_steps_and_leaves_the_schedule_alone():
     """supervised with the gate at step 3 of 6: the added steps read new samples (sample steps 6, 7)
-    built as curriculum step 2, then steps 3-5 run exactly as scheduled. A gate the loss already
+    built as curriculum step 2, then steps 3-5 run exactly as scheduled. A gate the copy rate already
     passes gives the same weights, bit for bit, as no gate."""
     cfg = train.parse_args(["--device", "cpu", "--sft-steps", "6", "--sft-batch", "1", "--copy-patience", "2"])
     reply = [5, 6, 7, 8]
@@ -356,13 +409,14 @@ def test_copy_gate_inserts_its_steps_and_leaves_the_schedule_alone():
             calls.append((index - train.SFT_SEED, step))
             return [([1, 2, 3, index % 50 + 10], reply)]
 
-        train.supervised(dataclasses.replace(cfg, copy_gate=gate), model, conversations_of, "t", gate_at=gate_at)
+        train.supervised(dataclasses.replace(cfg, copy_gate=gate), model, conversations_of, "t", gate_at=gate_at,
+                         copy_rate=lambda: 0.5)
         return calls, model.state_dict()
 
-    never_formed, _ = run(1e-9, 3)
+    never_formed, _ = run(0.9, 3)
     assert never_formed == [(0, 0), (1, 1), (2, 2), (6, 2), (7, 2), (3, 3), (4, 4), (5, 5)]
-    formed, weights = run(1e9, 3)
-    ungated, reference = run(1e9, None)
+    formed, weights = run(0.4, 3)
+    ungated, reference = run(0.4, None)
     assert formed == ungated == [(i, i) for i in range(6)]
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
