@@ -102,7 +102,7 @@ class TrainConfig:
     short_chunk_steps: int = 300  # the first warm-start steps read chunks of short_chunk tokens
     short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
     curriculum_keep: str = "latest"  # the curriculum's memory targets: latest | reservoir (see warm_start)
-    copy_gate: float = 0.75  # the curriculum goes on until the greedy agent copies in this fraction of documents (0 = off; see warm_start)
+    copy_gate: float = 0.75  # the curriculum goes on until the agent copies this fraction of documents (warm_start)
     copy_patience: int = 300  # at most this many added curriculum steps
     # RL (DAPO)
     rl_steps: int = 80
