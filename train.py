@@ -718,14 +718,13 @@ def supervised(cfg, model, conversations_of, label, gate_at=None, copy_rate=None
         optimizer.zero_grad(set_to_none=True)
         return all_sum([loss_sum])[0]
 
-    losses = []
     for step in range(cfg.sft_steps):
         if step == gate_at:
             extend_copy_curriculum(cfg, copy_rate, lambda extra: train_step(cfg.sft_steps + extra, step - 1,
                                                                             lr_at(step - 1)), label, t0)
-        losses.append(train_step(step, step, lr_at(step)))
+        loss = train_step(step, step, lr_at(step))
         if step % 25 == 0 or step == cfg.sft_steps - 1:
-            print0(f"{label} {step + 1:4d}/{cfg.sft_steps} | loss {losses[-1]:.4f} | "
+            print0(f"{label} {step + 1:4d}/{cfg.sft_steps} | loss {loss:.4f} | "
                    f"lr {lr_at(step):.2e} | {time.time() - t0:.0f}s")
     model.eval()
 
