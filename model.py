@@ -127,6 +127,18 @@ class KVCache:
         self.k[layer][rows, :, positions] = k.transpose(1, 2).to(self.k.dtype)
         self.v[layer][rows, :, positions] = v.transpose(1, 2).to(self.v.dtype)
 
+    def copy_rows(self, source, upto):
+        """Row b := row source[b] in slots 0..upto-1, for every b (source: one row index per row).
+
+        The engine prefills each distinct prompt once into rows 0..U-1, then fans the rows out with
+        this. One layer at a time, so the temporary the gather makes is one layer's slots, not the
+        whole cache.
+        """
+        index = torch.as_tensor(source, device=self.k.device)  # (B,)
+        for layer in range(self.k.size(0)):
+            self.k[layer, :len(index), :, :upto] = self.k[layer, index, :, :upto]
+            self.v[layer, :len(index), :, :upto] = self.v[layer, index, :, :upto]
+
     def nbytes(self):
         return self.k.numel() * self.k.element_size() * 2
 

@@ -3,7 +3,8 @@ Rollouts: the batched sampling engine, and (on top of it) the overwrite-memory a
 
 The engine, `generate`, is what every rollout turn calls:
   1. one batched prefill: the prompts of all rows, right-padded to the longest, go through the model
-     in a single forward that writes their keys/values into a preallocated KV cache;
+     in a single forward that writes their keys/values into a preallocated KV cache (a prompt that
+     several rows repeat, as a GRPO group does, is prefilled once and copied to its rows);
   2. one forward per decode step for the whole batch: every row feeds its last sampled token at its
      own next position (= its own next cache slot), so rows with different prompt lengths never
      read each other's positions and padding never enters attention;
@@ -80,7 +81,7 @@ def sample_next(scaled_logits, greedy, top_k, top_p, generator):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_ids=(),
-             seed=None, generator=None, pad_id=0):
+             seed=None, generator=None, pad_id=0, share_prefill=True):
     """Sample continuations for a batch of prompts of different lengths.
 
     prompts: list of B lists of token ids (each non-empty). Returns a list of B `Generation`s.
@@ -90,6 +91,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     Randomness comes from `generator` (a torch.Generator on the model's device) or, if None, from a
     new one seeded with `seed`; rows draw independently, so duplicated prompts (a GRPO group)
     get different samples.
+    share_prefill: prefill each distinct prompt once and copy its keys/values and last-token logits
+    to every row that repeats it (a group's G rollouts share their first prompt, and later ones
+    while their memories agree). Only the prefill is shared: every row still draws its own tokens.
+    False prefills every row (the slow, obvious way the tests compare against).
     """
     device = model.lm_head.weight.device
     B = len(prompts)
@@ -122,14 +127,24 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
             generator.manual_seed(seed)
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
 
-    # right-pad the prompts into one (B, T) tensor; padding sits after each row's real tokens
-    idx = torch.full((B, T), pad_id, dtype=torch.long, device=device)
-    for b, p in enumerate(prompts):
-        idx[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+    # the U distinct prompts and, for each row, which of them it is (all B rows without sharing)
+    first_row_of = {}  # prompt -> its index among the distinct prompts
+    source = [first_row_of.setdefault(tuple(p), len(first_row_of)) if share_prefill else b
+              for b, p in enumerate(prompts)]  # (B,)
+    distinct = list(first_row_of) if share_prefill else prompts  # U prompts
+
+    # right-pad the distinct prompts into one (U, T) tensor; padding sits after each row's real tokens
+    idx = torch.full((len(distinct), T), pad_id, dtype=torch.long, device=device)
+    for u, p in enumerate(distinct):
+        idx[u, :len(p)] = torch.tensor(p, dtype=torch.long)
 
     cache_len = max(len(p) + n for p, n in zip(prompts, budgets))
     cache = model.new_cache(B, cache_len)  # allocated once for the whole call
-    logits = model(idx, cache=cache, logits_index=lengths - 1).float()  # (B, V), each row's last token
+    last = torch.tensor([len(p) - 1 for p in distinct], device=device)  # (U,)
+    logits = model(idx, cache=cache, logits_index=last).float()  # (U, V): K/V land in cache rows 0..U-1
+    if len(distinct) < B:  # fan out: row b gets the slots and logits of its distinct prompt
+        cache.copy_rows(source, upto=T)
+        logits = logits[torch.tensor(source, device=device)]  # (B, V)
 
     out_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_logprobs = torch.zeros((B, max_new_tokens), device=device)

@@ -112,7 +112,7 @@ class TrainConfig:
     # 2 steps at 1e-3 found the rule in 1 run of 4; 1 step at 1e-3 or 2 at 5e-4 let the answer format
     # break once the reward neared 1). With one step the clip never binds: ablate it with --mini-batches 2+
     mini_batches: int = 1  # optimizer steps per rollout batch
-    micro_batch: int = 64  # conversations per forward/backward
+    micro_batch: int = 64  # distinct conversations per forward/backward (copies share one: response_logprobs)
     lr: float = 5e-4
     warmup_steps: int = 2  # RL steps of linear warm-up (rising every optimizer step), then constant
     weight_decay: float = 0.01
@@ -554,6 +554,45 @@ def response_logits(model, prompts, responses, temperature=1.0):
     return logits / temperature if temperature != 1.0 else logits
 
 
+def pair_of(conv):
+    """What a conversation's forward depends on: (prompt ids, response ids), hashable."""
+    return tuple(conv.prompt_ids), tuple(conv.response_ids)
+
+
+def micro_batches(convs, size):
+    """Split conversations into lists of at most `size` DISTINCT (prompt, response) pairs each, all
+    copies of a pair in the same list (the micro-batches of the update, see response_logprobs).
+
+    >>> from types import SimpleNamespace as C
+    >>> a, b, c = C(prompt_ids=[1], response_ids=[2]), C(prompt_ids=[1], response_ids=[3]), C(prompt_ids=[4], response_ids=[2])
+    >>> [[x.response_ids[0] * 10 + x.prompt_ids[0] for x in m] for m in micro_batches([a, b, a, c, a], 2)]
+    [[21, 31, 21, 21], [24]]
+    """
+    first_of = {}
+    source = [first_of.setdefault(pair_of(c), len(first_of)) for c in convs]  # distinct index of each
+    return [[c for c, u in zip(convs, source) if m <= u < m + size] for m in range(0, len(first_of), size)]
+
+
+def response_logprobs(model, convs, temperature=1.0, with_entropy=False):
+    """Log-probs (N, R) of each conversation's response tokens under softmax(logits / temperature),
+    and their entropies (N, R, detached) when asked; R = the longest response, padding 0.
+
+    A group's rollouts often repeat a turn word for word (the first turn always: same prompt; later
+    ones while their memories agree and they reply alike). Each distinct (prompt, response) pair
+    goes through the model once and every copy gets its row, so a loss over the N rows still counts
+    each copy, and its gradient is the one N separate forwards would give.
+    """
+    first_of = {}
+    source = [first_of.setdefault(pair_of(c), len(first_of)) for c in convs]  # (N,) row of each copy
+    prompts, responses = [list(p) for p, _ in first_of], [list(r) for _, r in first_of]  # U distinct
+    logits = response_logits(model, prompts, responses, temperature)  # (U, R, V)
+    targets = pad_rows(responses, logits.size(1), dtype=torch.long, device=logits.device)  # (U, R)
+    index = torch.tensor(source, device=logits.device)  # (N,)
+    logp = dapo.logprobs_from_logits(logits, targets)[index]  # (N, R)
+    entropy = dapo.entropy_from_logits(logits.detach())[index] if with_entropy else None  # (N, R)
+    return logp, entropy
+
+
 def pad_rows(rows, R, value=0.0, dtype=torch.float32, device="cpu"):
     out = torch.full((len(rows), R), value, dtype=dtype, device=device)
     for b, row in enumerate(rows):
@@ -960,13 +999,9 @@ def score_responses(cfg, model, convs):
     computes them (response_logits at the sampling temperature, under autocast), without grad."""
     scores = {}
     with torch.no_grad():
-        for m in range(0, len(convs), cfg.micro_batch):
-            micro = convs[m:m + cfg.micro_batch]
-            responses = [c.response_ids for c in micro]
+        for micro in micro_batches(convs, cfg.micro_batch):
             with autocast(cfg):
-                logits = response_logits(model, [c.prompt_ids for c in micro], responses, cfg.temperature)
-            targets = pad_rows(responses, logits.size(1), dtype=torch.long, device=logits.device)
-            logp = dapo.logprobs_from_logits(logits, targets).tolist()  # (B, R)
+                logp = response_logprobs(model, micro, cfg.temperature)[0].tolist()  # (B, R)
             for c, row in zip(micro, logp):
                 scores[id(c)] = row[:len(c.response_ids)]
     return scores
@@ -1037,18 +1072,16 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
         token_norm, seq_norm = all_sum([sum(len(c.response_ids) for c, _ in convs), len(convs)])
         if token_norm == 0:  # no rank kept a group for this mini-batch: no optimizer step either
             continue
-        for m in range(0, len(convs), cfg.micro_batch):
-            micro = convs[m:m + cfg.micro_batch]
-            prompts = [c.prompt_ids for c, _ in micro]
-            responses = [c.response_ids for c, _ in micro]
+        adv_of_conv = {id(c): a for c, a in convs}
+        for micro_convs in micro_batches([c for c, _ in convs], cfg.micro_batch):
+            micro = [(c, adv_of_conv[id(c)]) for c in micro_convs]
             with autocast(cfg):
-                # scored under the distribution the rollouts sampled from: softmax(logits / T)
-                logits = response_logits(model, prompts, responses, cfg.temperature)  # (B, R, V)
-            B, R = logits.shape[:2]
-            dev = logits.device
-            targets = pad_rows(responses, R, dtype=torch.long, device=dev)  # (B, R)
-            mask = pad_rows([[1] * len(r) for r in responses], R, device=dev)  # (B, R)
-            logp = dapo.logprobs_from_logits(logits, targets)  # (B, R)
+                # scored under the distribution the rollouts sampled from: softmax(logits / T); one
+                # forward per distinct (prompt, response), a row for every copy
+                logp, entropy = response_logprobs(model, micro_convs, cfg.temperature, with_entropy=True)  # (B, R)
+            B, R = logp.shape
+            dev = logp.device
+            mask = pad_rows([[1] * len(c.response_ids) for c in micro_convs], R, device=dev)  # (B, R)
             if mini == 0:  # the policy that sampled, not yet updated: ratio exactly 1
                 logp_old = logp.detach()  # (B, R)
                 gap += sum(abs(a - b) for (c, _), row in zip(micro, logp_old.tolist())
@@ -1063,7 +1096,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
                 logp, logp_old, advantages, mask, eps_low=cfg.clip_low, eps_high=cfg.clip_high,
                 dual_clip_c=cfg.dual_clip or None, agg=cfg.loss_agg, token_normalizer=token_norm,
                 seq_normalizer=seq_norm, max_len=budget, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
-                entropy=dapo.entropy_from_logits(logits.detach()))
+                entropy=entropy)
             check_finite(loss.item(), f"RL step {step + 1}")
             loss.backward()
             w = m_stats["response_tokens"]

@@ -206,6 +206,37 @@ def test_kv_cache_is_written_in_place():
         KVCache(model.config, 1, 1000)
 
 
+def test_copy_rows_fans_out_a_prefill():
+    model = tiny_model()
+    cache = KVCache(model.config, 4, 6)
+    cache.k[:, 0, :, :3], cache.k[:, 1, :, :3] = 1.0, 2.0  # two prefilled rows, slots 0..2
+    cache.v[:, 0, :, :3], cache.v[:, 1, :, :3] = -1.0, -2.0
+    cache.k[:, :, :, 3:] = 9.0  # beyond `upto`: must stay as it was
+    cache.copy_rows([1, 0, 1, 1], upto=3)
+    for row, want in enumerate([2.0, 1.0, 2.0, 2.0]):
+        assert (cache.k[:, row, :, :3] == want).all() and (cache.v[:, row, :, :3] == -want).all()
+    assert (cache.k[:, :, :, 3:] == 9.0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefill_equals_a_prefill_per_row(device, temperature):
+    """A GRPO batch repeats prompts: the engine prefills each distinct one once and copies it to its
+    rows. Oracle: the same call prefilling every row; same seed, so the same draws and tokens."""
+    model = tiny_model(seed=2).to(device)
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randint(1, 101, (n,), generator=g).tolist() for n in (7, 3, 12))
+    prompts = [a, b, a, a, c, b, a, c]  # ragged, interleaved repeats
+    kwargs = dict(max_new_tokens=[9, 4, 9, 9, 2, 6, 9, 9], temperature=temperature, seed=3)
+    shared = generate(model, prompts, share_prefill=True, **kwargs)
+    each = generate(model, prompts, share_prefill=False, **kwargs)
+    for s, e in zip(shared, each):
+        assert s.tokens == e.tokens and s.stop_reason == e.stop_reason
+        assert s.logprobs == pytest.approx(e.logprobs, abs=1e-5 if device == "cpu" else 1e-4)
+    if temperature > 0:  # rows sharing a prefill still draw their own tokens
+        assert len({tuple(shared[i].tokens) for i in (0, 2, 3, 6)}) > 1
+
+
 def test_batched_greedy_equals_one_at_a_time():
     model = tiny_model(seed=3)
     g = torch.Generator().manual_seed(5)

@@ -444,6 +444,49 @@ def test_response_logits_match_the_full_forward():
         torch.testing.assert_close(got[b, :len(r)], want, atol=1e-5, rtol=1e-5)
 
 
+def test_repeated_conversations_share_a_forward_but_keep_their_gradient():
+    """response_logprobs runs each distinct (prompt, response) once and gives every copy its row.
+    Oracle: the plain forward over all N rows; the log-probs and the gradient of a loss that weighs
+    each copy differently (its own advantage) must match."""
+    torch.manual_seed(0)
+    Conv = dataclasses.make_dataclass("Conv", ["prompt_ids", "response_ids"])
+    a, b, c = Conv([5, 6, 7], [8, 9]), Conv([5, 6, 7], [8]), Conv([4, 5, 6, 7, 8], [9, 10, 11])
+    convs = [a, b, Conv([5, 6, 7], [8, 9]), c, a, b, Conv([4, 5, 6, 7, 8], [9, 10, 11])]
+    weights = torch.tensor([[1.0], [-2.0], [0.5], [3.0], [-1.0], [2.5], [-0.7]])  # (N, 1)
+
+    def grads_and_logp(shared):
+        torch.manual_seed(0)
+        model = Qwen2(config_from_preset("tiny", vocab_size=64)).train()
+        if shared:
+            logp, entropy = train.response_logprobs(model, convs, temperature=0.7, with_entropy=True)
+            assert entropy.shape == logp.shape and not entropy.requires_grad
+        else:
+            responses = [x.response_ids for x in convs]
+            logits = train.response_logits(model, [x.prompt_ids for x in convs], responses, 0.7)
+            logp = dapo.logprobs_from_logits(logits, train.pad_rows(responses, logits.size(1), dtype=torch.long))
+        mask = train.pad_rows([[1] * len(x.response_ids) for x in convs], logp.size(1))
+        (weights * logp * mask).sum().backward()
+        return [p.grad.clone() for p in model.parameters()], logp.detach() * mask
+
+    (g_shared, lp_shared), (g_each, lp_each) = grads_and_logp(True), grads_and_logp(False)
+    torch.testing.assert_close(lp_shared, lp_each, atol=1e-5, rtol=1e-5)
+    for x, y in zip(g_shared, g_each):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_micro_batches_hold_at_most_size_distinct_pairs_with_copies_together():
+    rng = random.Random(1)
+    Conv = dataclasses.make_dataclass("Conv", ["prompt_ids", "response_ids"])
+    pool = [([rng.randrange(9)], [rng.randrange(3)]) for _ in range(12)]
+    convs = [Conv(*rng.choice(pool)) for _ in range(60)]
+    micros = train.micro_batches(convs, 4)
+    assert sorted(map(id, convs)) == sorted(id(c) for m in micros for c in m)  # each exactly once
+    pairs_of = [{train.pair_of(c) for c in m} for m in micros]
+    assert all(len(p) <= 4 for p in pairs_of)
+    assert all(not (p & q) for i, p in enumerate(pairs_of) for q in pairs_of[i + 1:])  # copies together
+    assert len(micros) == -(-len({train.pair_of(c) for c in convs}) // 4)
+
+
 def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
     """rl_step takes the first mini-batch's old log-probs from its own training forward, detached,
     instead of a no-grad scoring pass first: exact only if the forward with grad computes the very
