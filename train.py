@@ -95,7 +95,7 @@ class TrainConfig:
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
     # warm start (supervised)
-    notes: str = "value"  # warm-start notes: value " 7." | keyed " bold: 7." | restate " last: 7." (memory_note)
+    notes: str = "value"  # warm-start notes: value " $3." | digits " 3." | keyed " bold: 7." | restate " last: 7." (memory_note)
     sft_steps: int = 500
     sft_batch: int = 8  # samples per step (each gives K+1 conversations)
     sft_lr: float = 3e-3
@@ -231,8 +231,8 @@ def parse_args(argv=None):
         parser.error(f"--copy-gate {cfg.copy_gate} must be a fraction of documents in [0, 1] (0 = off)")
     if cfg.copy_patience < 0:
         parser.error(f"--copy-patience {cfg.copy_patience} must be >= 0 (0 = off)")
-    if cfg.notes not in ("value", "keyed", "restate"):
-        parser.error(f"--notes must be value, keyed or restate, not {cfg.notes!r}")
+    if cfg.notes not in ("value", "digits", "keyed", "restate"):
+        parser.error(f"--notes must be value, digits, keyed or restate, not {cfg.notes!r}")
     if cfg.notes == "restate" and (cfg.data or cfg.task not in tasks.SHORT_TASKS):
         parser.error(f"--notes restate needs one of the tasks {', '.join(tasks.SHORT_TASKS)} (their "
                      "questions name one word to restate); use --notes keyed or value")
@@ -621,16 +621,21 @@ def memory_note(needle, notes="keyed", asked=None):
     ' icy-zebra: 7368886.'
     >>> memory_note({"key": "bold", "value": "7"}, "value")
     ' 7.'
+    >>> memory_note({"key": "bold", "value": "$3"}, "value"), memory_note({"key": "bold", "value": "$3"}, "digits")
+    (' $3.', ' 3.')
     >>> memory_note({"key": "bold", "value": "7"}, "restate", asked="last")
     ' last: 7.'
 
-    keyed: the needle's own key. value: the value alone. restate: the QUESTION's word (what is
+    keyed: the needle's own key. value: the value alone. digits: the value's digits alone, so a
+    price "$3" and a number "3" make the same note and a note is one choice (which digit), not
+    two (which kind, then which digit). restate: the QUESTION's word (what is
     asked, not which needle this is), so the note of any needle reads " last: 7." when the
     question asks for the last number. The leading space makes a key tokenize as it does inside
     the text (" icy" not "ic" "y"), so writing the note is pure copying.
     """
-    label = {"keyed": needle["key"], "restate": asked, "value": None}[notes]
-    return f" {label}: {needle['value']}." if label else f" {needle['value']}."
+    label = {"keyed": needle["key"], "restate": asked, "value": None, "digits": None}[notes]
+    value = re.sub(r"[^0-9]", "", needle["value"]) or needle["value"] if notes == "digits" else needle["value"]
+    return f" {label}: {value}." if label else f" {value}."
 
 
 def note_value(note):

@@ -220,6 +220,30 @@ def test_default_warm_start_keeps_prices_as_often_as_the_number(tok_dir):
     assert 0.12 < kept_number / n < 0.40, kept_number / n
 
 
+def test_digits_notes_drop_the_price_sign(tok_dir):
+    """--notes digits on the default task: the same reservoir choice as value notes, but a kept
+    price "$3" is written " 3.", like a number: every memory is " d." for the digit of a needle
+    read so far, whatever its kind, and the final turn boxes that digit."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    value = train.parse_args(["--prompts", "compact", "--short-chunk", "0", "--chunk-tokens", "96"])
+    digits = train.parse_args(["--prompts", "compact", "--short-chunk", "0", "--chunk-tokens", "96",
+                               "--notes", "digits"])
+    prices_kept = 0
+    for i in range(40):
+        sample = tasks.make_sample(digits.task, digits.train_length, 6000 + i, tok)
+        convs = train.warm_start_conversations(sample, tok, digits, random.Random(i))
+        as_value = train.warm_start_conversations(sample, tok, value, random.Random(i))
+        chunks = chunk_ids(tok.encode(sample["context"]), digits.chunk_tokens)
+        for k, ((_, reply), (_, value_reply)) in enumerate(zip(convs[:-1], as_value[:-1])):
+            memory = tok.decode(reply[:-1])
+            read = re.findall(r"(?:number|price) is \$?(\d)\.", tok.decode([t for c in chunks[:k + 1] for t in c]))
+            assert memory == "None." if not read else re.fullmatch(r" \d\.", memory) and memory[1] in read
+            assert memory == tok.decode(value_reply[:-1]).replace("$", "")  # the same choice
+            prices_kept += "$" in tok.decode(value_reply[:-1])
+        assert tok.decode(convs[-1][1][:-1]) == "\\boxed{%s}" % tok.decode(convs[-2][1][:-1]).strip(" .")
+    assert prices_kept > 20  # prices were kept, and written without their sign
+
+
 def test_latest_targets_keep_the_newest_needle_read(tok_dir):
     """keep="latest" (the copy curriculum's targets): after each chunk the memory is the value of
     the last needle read so far, found here by a regex over the text read, "None." before any;
