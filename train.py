@@ -102,6 +102,7 @@ class TrainConfig:
     short_chunk_steps: int = 300  # the first warm-start steps read chunks of short_chunk tokens
     short_chunk: int = 16  # (a copy curriculum: see warm_start); 0 = off
     curriculum_keep: str = "latest"  # the curriculum's memory targets: latest | reservoir (see warm_start)
+    curriculum_notes: str = ""  # the curriculum's notes: "" = --notes, or one of its choices (see warm_start)
     copy_gate: float = 0.75  # the curriculum goes on until the agent copies this fraction of documents (warm_start)
     copy_patience: int = 300  # at most this many added curriculum steps
     # RL (DAPO)
@@ -185,6 +186,9 @@ HELP = {
                  "--copy-patience) until the greedy agent's final memory is exactly the curriculum's target "
                  "(the newest note) in at least this fraction of 64 held-out curriculum documents; 0 = off",
     "copy_patience": "most curriculum steps the copy gate may add (default 300)",
+    "curriculum_notes": "notes of the copy curriculum's memory targets (default: --notes). digits: the copy "
+                        "formed at the gate for seeds 6 and 9 of cpu-demo, whose value-note copy forms late "
+                        "or never (README, session 21)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
@@ -231,9 +235,10 @@ def parse_args(argv=None):
         parser.error(f"--copy-gate {cfg.copy_gate} must be a fraction of documents in [0, 1] (0 = off)")
     if cfg.copy_patience < 0:
         parser.error(f"--copy-patience {cfg.copy_patience} must be >= 0 (0 = off)")
-    if cfg.notes not in ("value", "digits", "keyed", "restate"):
-        parser.error(f"--notes must be value, digits, keyed or restate, not {cfg.notes!r}")
-    if cfg.notes == "restate" and (cfg.data or cfg.task not in tasks.SHORT_TASKS):
+    for flag, notes in (("--notes", cfg.notes), ("--curriculum-notes", cfg.curriculum_notes or cfg.notes)):
+        if notes not in ("value", "digits", "keyed", "restate"):
+            parser.error(f"{flag} must be value, digits, keyed or restate, not {notes!r}")
+    if "restate" in (cfg.notes, cfg.curriculum_notes) and (cfg.data or cfg.task not in tasks.SHORT_TASKS):
         parser.error(f"--notes restate needs one of the tasks {', '.join(tasks.SHORT_TASKS)} (their "
                      "questions name one word to restate); use --notes keyed or value")
     if cfg.dtype not in ("float32", "bfloat16"):
@@ -810,7 +815,7 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     step's loss of 0.19 went with 44% of documents copied for seed 6 and 59% for seed 9; README,
     session 19.)
     policy: a scripted stand-in for the model (rollout.run_agent's), for tests."""
-    short = dataclasses.replace(cfg, chunk_tokens=cfg.short_chunk)
+    short = curriculum_config(cfg)
     samples = [get_sample(cfg, tokenizer, None, EVAL_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
                for i in range(n)]
     targets = [warm_start_conversations(s, tokenizer, short, random.Random(0), keep="latest")[-2][1]
@@ -826,6 +831,11 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     return sum(reply == target for reply, target in scored) / max(len(scored), 1)
 
 
+def curriculum_config(cfg):
+    """The copy curriculum's agent: chunks of --short-chunk tokens, notes of --curriculum-notes."""
+    return dataclasses.replace(cfg, chunk_tokens=cfg.short_chunk, notes=cfg.curriculum_notes or cfg.notes)
+
+
 def in_copy_curriculum(cfg, data, step):
     """True while supervised step `step` reads the shrunk copy-curriculum samples (see warm_start):
     before --short-chunk-steps, with 0 < --short-chunk < --chunk-tokens, on generated tasks only."""
@@ -839,9 +849,8 @@ def curriculum_conversations(cfg, tokenizer, data, index, rng, step):
     memory targets chosen by cfg.curriculum_keep; after, the training geometry itself with
     reservoir targets. A user's data file is never shrunk (only generated tasks are)."""
     if in_copy_curriculum(cfg, data, step):
-        short = dataclasses.replace(cfg, chunk_tokens=cfg.short_chunk)
         sample = get_sample(cfg, tokenizer, data, index, scale=cfg.short_chunk / cfg.chunk_tokens)
-        return warm_start_conversations(sample, tokenizer, short, rng, keep=cfg.curriculum_keep)
+        return warm_start_conversations(sample, tokenizer, curriculum_config(cfg), rng, keep=cfg.curriculum_keep)
     return warm_start_conversations(get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng)
 
 
@@ -865,7 +874,9 @@ def warm_start(cfg, model, tokenizer, data):
     is the asked one no more often than a random one), and the last steps return to reservoir
     targets, so RL still starts from a policy that keeps a random needle. Measured (README): with
     reservoir targets the copy never formed for seeds 3, 6 and 8 of the cpu-demo; with latest
-    targets seed 8's formed by curriculum step ~175 and seed 3's by ~275.
+    targets seed 8's formed by curriculum step ~175 and seed 3's by ~275. --curriculum-notes
+    digits writes the curriculum's notes without a price's sign (" 3.", not " $3."): one digit to
+    copy, not a kind and a digit; the later steps still write --notes.
 
     The copy gate: a seed whose copy has not formed when the curriculum ends sits on a plateau
     (loss ~0.45), and RL cannot start from it. So where the curriculum would end, the greedy agent

@@ -101,6 +101,7 @@ def test_recipes_and_overrides():
     (["--loss-agg", "mean"], "unknown --loss-agg"),
     (["--data", "/no/such/file.jsonl"], "does not exist"),
     (["--notes", "long"], "--notes must be"),
+    (["--curriculum-notes", "long"], "--curriculum-notes must be"),
     (["--copy-gate", "-0.1"], "must be a fraction of documents in [0, 1]"),
     (["--copy-gate", "1.5"], "must be a fraction of documents in [0, 1]"),
     (["--copy-patience", "-5"], "must be >= 0 (0 = off)"),
@@ -242,6 +243,19 @@ def test_digits_notes_drop_the_price_sign(tok_dir):
             prices_kept += "$" in tok.decode(value_reply[:-1])
         assert tok.decode(convs[-1][1][:-1]) == "\\boxed{%s}" % tok.decode(convs[-2][1][:-1]).strip(" .")
     assert prices_kept > 20  # prices were kept, and written without their sign
+
+
+def test_curriculum_notes_apply_to_the_copy_curriculum_only(tok_dir):
+    """--curriculum-notes digits: curriculum steps write " 3." for a price, later steps " $3."."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--prompts", "compact", "--curriculum-notes", "digits"])
+    memories = {True: set(), False: set()}  # in the curriculum or not -> memories written
+    for step in (0, cfg.short_chunk_steps):
+        for i in range(30):
+            convs = train.curriculum_conversations(cfg, tok, None, i, random.Random(i), step)
+            memories[step == 0] |= {tok.decode(r[:-1]) for _, r in convs[:-1]}
+    assert not any("$" in m for m in memories[True]) and len(memories[True]) > 5
+    assert any("$" in m for m in memories[False])
 
 
 def test_latest_targets_keep_the_newest_needle_read(tok_dir):
