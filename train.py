@@ -573,9 +573,13 @@ def micro_batches(convs, size):
     >>> [[x.response_ids[0] * 10 + x.prompt_ids[0] for x in m] for m in micro_batches([a, b, a, c, a], 2)]
     [[21, 31, 21, 21], [24]]
     """
-    first_of = {}
-    source = [first_of.setdefault(pair_of(c), len(first_of)) for c in convs]  # distinct index of each
-    return [[c for c, u in zip(convs, source) if m <= u < m + size] for m in range(0, len(first_of), size)]
+    first_of, micros = {}, []
+    for c in convs:
+        m = first_of.setdefault(pair_of(c), len(first_of)) // size  # its pair's micro-batch
+        if m == len(micros):
+            micros.append([])
+        micros[m].append(c)
+    return micros
 
 
 def response_logprobs(model, convs, temperature=1.0, with_entropy=False):
@@ -639,7 +643,7 @@ def memory_note(needle, notes="keyed", asked=None):
     the text (" icy" not "ic" "y"), so writing the note is pure copying.
     """
     label = {"keyed": needle["key"], "restate": asked, "value": None, "digits": None}[notes]
-    value = re.sub(r"[^0-9]", "", needle["value"]) or needle["value"] if notes == "digits" else needle["value"]
+    value = (re.sub(r"[^0-9]", "", needle["value"]) or needle["value"]) if notes == "digits" else needle["value"]
     return f" {label}: {value}." if label else f" {value}."
 
 
