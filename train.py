@@ -186,9 +186,9 @@ HELP = {
                  "--copy-patience) until the greedy agent's final memory is exactly the curriculum's target "
                  "(the newest note) in at least this fraction of 64 held-out curriculum documents; 0 = off",
     "copy_patience": "most curriculum steps the copy gate may add (default 300)",
-    "curriculum_notes": "notes of the copy curriculum's memory targets (default: --notes). digits: the copy "
-                        "formed at the gate for seeds 6 and 9 of cpu-demo, whose value-note copy forms late "
-                        "or never (README, session 21)",
+    "curriculum_notes": "notes of the copy curriculum's memory targets (default: --notes). digits: on cpu-demo "
+                        "the copy formed at the gate for seeds 0, 3, 6 and 9 (with value notes, for seed 0 "
+                        "only; README, session 21)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
