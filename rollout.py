@@ -79,6 +79,17 @@ def sample_next(scaled_logits, greedy, top_k, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def distinct(items):
+    """The distinct (hashable) items in first-seen order, and for each item its index among them.
+
+    >>> distinct(["a", "b", "a", "c", "b"])
+    (['a', 'b', 'c'], [0, 1, 0, 2, 1])
+    """
+    index_of = {}
+    source = [index_of.setdefault(item, len(index_of)) for item in items]
+    return list(index_of), source
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_ids=(),
              seed=None, generator=None, pad_id=0, share_prefill=True):
@@ -128,21 +139,21 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
 
     # the U distinct prompts and, for each row, which of them it is (all B rows without sharing)
-    first_row_of = {}  # prompt -> its index among the distinct prompts
-    source = [first_row_of.setdefault(tuple(p), len(first_row_of)) if share_prefill else b
-              for b, p in enumerate(prompts)]  # (B,)
-    distinct = list(first_row_of) if share_prefill else prompts  # U prompts
+    if share_prefill:
+        unique, source = distinct(tuple(p) for p in prompts)  # U prompts; (B,) index into them
+    else:
+        unique, source = prompts, list(range(B))
 
     # right-pad the distinct prompts into one (U, T) tensor; padding sits after each row's real tokens
-    idx = torch.full((len(distinct), T), pad_id, dtype=torch.long, device=device)
-    for u, p in enumerate(distinct):
+    idx = torch.full((len(unique), T), pad_id, dtype=torch.long, device=device)
+    for u, p in enumerate(unique):
         idx[u, :len(p)] = torch.tensor(p, dtype=torch.long)
 
     cache_len = max(len(p) + n for p, n in zip(prompts, budgets))
     cache = model.new_cache(B, cache_len)  # allocated once for the whole call
-    last = torch.tensor([len(p) - 1 for p in distinct], device=device)  # (U,)
+    last = torch.tensor([len(p) - 1 for p in unique], device=device)  # (U,)
     logits = model(idx, cache=cache, logits_index=last).float()  # (U, V): K/V land in cache rows 0..U-1
-    if len(distinct) < B:  # fan out: row b gets the slots and logits of its distinct prompt
+    if len(unique) < B:  # fan out: row b gets the slots and logits of its distinct prompt
         cache.copy_rows(source, upto=T)
         logits = logits[torch.tensor(source, device=device)]  # (B, V)
 

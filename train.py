@@ -68,7 +68,7 @@ from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
 from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, save_checkpoint,
                    staging_dir, swap_in)
-from rollout import (AgentConfig, check_window, chunk_ids, direct_turn_ids, final_turn_ids,
+from rollout import (AgentConfig, check_window, chunk_ids, direct_turn_ids, distinct, final_turn_ids,
                      memory_turn_ids, run_agent, run_full_attention)
 
 # -----------------------------------------------------------------------------
@@ -95,7 +95,8 @@ class TrainConfig:
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
     # warm start (supervised)
-    notes: str = "value"  # warm-start notes: value " $3." | digits " 3." | keyed " bold: 7." | restate " last: 7." (memory_note)
+    # warm-start notes (memory_note): value " $3." | digits " 3." | keyed " bold: 7." | restate " last: 7."
+    notes: str = "value"
     sft_steps: int = 500
     sft_batch: int = 8  # samples per step (each gives K+1 conversations)
     sft_lr: float = 3e-3
@@ -569,16 +570,15 @@ def micro_batches(convs, size):
     copies of a pair in the same list (the micro-batches of the update, see response_logprobs).
 
     >>> from types import SimpleNamespace as C
-    >>> a, b, c = C(prompt_ids=[1], response_ids=[2]), C(prompt_ids=[1], response_ids=[3]), C(prompt_ids=[4], response_ids=[2])
+    >>> a, b = C(prompt_ids=[1], response_ids=[2]), C(prompt_ids=[1], response_ids=[3])
+    >>> c = C(prompt_ids=[4], response_ids=[2])
     >>> [[x.response_ids[0] * 10 + x.prompt_ids[0] for x in m] for m in micro_batches([a, b, a, c, a], 2)]
     [[21, 31, 21, 21], [24]]
     """
-    first_of, micros = {}, []
-    for c in convs:
-        m = first_of.setdefault(pair_of(c), len(first_of)) // size  # its pair's micro-batch
-        if m == len(micros):
-            micros.append([])
-        micros[m].append(c)
+    pairs, source = distinct(pair_of(c) for c in convs)
+    micros = [[] for _ in range(0, len(pairs), size)]
+    for c, u in zip(convs, source):
+        micros[u // size].append(c)  # its pair's micro-batch
     return micros
 
 
@@ -591,9 +591,8 @@ def response_logprobs(model, convs, temperature=1.0, with_entropy=False):
     goes through the model once and every copy gets its row, so a loss over the N rows still counts
     each copy, and its gradient is the one N separate forwards would give.
     """
-    first_of = {}
-    source = [first_of.setdefault(pair_of(c), len(first_of)) for c in convs]  # (N,) row of each copy
-    prompts, responses = [list(p) for p, _ in first_of], [list(r) for _, r in first_of]  # U distinct
+    pairs, source = distinct(pair_of(c) for c in convs)  # U distinct pairs; (N,) row of each copy
+    prompts, responses = [list(p) for p, _ in pairs], [list(r) for _, r in pairs]
     logits = response_logits(model, prompts, responses, temperature)  # (U, R, V)
     targets = pad_rows(responses, logits.size(1), dtype=torch.long, device=logits.device)  # (U, R)
     index = torch.tensor(source, device=logits.device)  # (N,)
@@ -1099,8 +1098,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
                 # scored under the distribution the rollouts sampled from: softmax(logits / T); one
                 # forward per distinct (prompt, response), a row for every copy
                 logp, entropy = response_logprobs(model, micro_convs, cfg.temperature, with_entropy=True)  # (B, R)
-            B, R = logp.shape
-            dev = logp.device
+            R, dev = logp.size(1), logp.device
             mask = pad_rows([[1] * len(c.response_ids) for c in micro_convs], R, device=dev)  # (B, R)
             if mini == 0:  # the policy that sampled, not yet updated: ratio exactly 1
                 logp_old = logp.detach()  # (B, R)

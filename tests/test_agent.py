@@ -6,6 +6,7 @@ the chunks itself and applies overwrite semantics. The real `tiny` model then ch
 records' log-probs are those of a fresh forward over prompt + response.
 """
 
+import doctest
 import re
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from memagent.reward import extract_boxed
 from model import ModelConfig, Qwen2
+import rollout
 from rollout import AgentConfig, Generation, check_window, chunk_ids, run_agent
 
 
@@ -323,3 +325,9 @@ def test_full_attention_answers_like_a_slow_greedy_decode(tmp_path):
                 break
         reply = ids[len(r.prompt_ids):]
         assert r.answer == tok.decode(reply[:-1] if reply[-1] in tok.stop_ids else reply)
+
+
+def test_rollout_docstring_examples_run():
+    """rollout's worked examples (chunk_ids, distinct) are true."""
+    result = doctest.testmod(rollout)
+    assert result.attempted > 0 and result.failed == 0
