@@ -52,6 +52,9 @@ Vocabulary
 6. Optional KL to a frozen reference policy (k3 estimator; off by default)
         kl_t = min(exp(d_t) - d_t - 1, 10)  >= 0,   d_t = logp_ref_t - logp_new_t   (verl's low_var_kl)
         loss = policy loss + kl_coef * aggregate(kl_t)        (MemAgent's scripts: kl_coef 0.001)
+   Optional entropy bonus (verl's entropy_coeff; off by default: DAPO's answer to a collapsing
+   entropy is clip-higher), H_t the current policy's entropy at response token t:
+        loss = ... - entropy_coef * aggregate(H_t)
 
 7. Dynamic sampling
     A group whose rewards are all equal has A = 0 everywhere: no signal. Drop it, draw more prompt
@@ -297,14 +300,16 @@ def policy_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, response
                 agg: str = "token-mean", token_normalizer: float | None = None,
                 seq_normalizer: float | None = None, max_len: int | None = None,
                 logp_ref: Tensor | None = None, kl_coef: float = 0.0,
-                log_ratio_clamp: float = 20.0, entropy: Tensor | None = None
-                ) -> tuple[Tensor, dict[str, float]]:
+                log_ratio_clamp: float = 20.0, entropy: Tensor | None = None,
+                entropy_coef: float = 0.0) -> tuple[Tensor, dict[str, float]]:
     """DAPO loss of one (micro-)batch of conversations, plus diagnostics.
 
     All tensors (B, T), aligned on the token being predicted: logp_new (with grad), logp_old
     (the policy that sampled the rollouts, before this step's updates), advantages (from
     `broadcast_advantages`), response_mask (1 on response tokens), optional logp_ref (frozen
-    reference: in the loss when kl_coef > 0, else only logged) and entropy (for logging only).
+    reference: in the loss when kl_coef > 0, else only logged) and entropy (per-token entropy of
+    the current policy: logged, and with entropy_coef > 0 an entropy bonus, verl's entropy_coeff:
+    loss = pg_loss - entropy_coef * agg(entropy), which needs entropy's gradient; DAPO uses none).
     Returns (loss, metrics). Metrics are plain floats, means over this call's
     response tokens; `response_tokens` lets a trainer average them across micro-batches:
         clip_frac_low   share of tokens with A < 0 and r < 1 - eps_low  (zero gradient)
@@ -329,6 +334,8 @@ def policy_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, response
         raise ValueError(f"dual_clip_c must be > 1 (DAPO/verl use 3), got {dual_clip_c}")
     if kl_coef > 0.0 and logp_ref is None:
         raise ValueError("kl_coef > 0 needs logp_ref (log-probs under the reference policy)")
+    if entropy_coef and entropy is None:
+        raise ValueError("entropy_coef != 0 needs entropy (the current policy's per-token entropy)")
 
     dtype = torch.promote_types(logp_new.dtype, torch.float32)   # bf16 -> fp32, fp64 stays
     mask = response_mask.bool()                                              # (B, T)
@@ -351,6 +358,8 @@ def policy_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, response
         kl_per_token = kl_k3(new_on_response, ref_on_response, clamp=log_ratio_clamp)
         if kl_coef > 0.0:
             loss = loss + kl_coef * aggregate(kl_per_token, mask, agg, **norms)
+    if entropy_coef:                    # padding may hold garbage entropies too: zeroed first
+        loss = loss - entropy_coef * aggregate(torch.where(mask, entropy.to(dtype), zero), mask, agg, **norms)
 
     with torch.no_grad():
         n = max(int(mask.sum()), 1)

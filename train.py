@@ -127,6 +127,7 @@ class TrainConfig:
     dynamic_sampling: bool = True
     max_gen_batches: int = 3
     kl_coef: float = 0.0  # k3 KL to the frozen start policy
+    entropy_coef: float = 0.0  # entropy bonus (verl's entropy_coeff); 0 = off, as in DAPO
     # soft overlong punishment buffer in tokens (0 = off). 1: a reply that fills its budget (cut, or
     # its stop id in the last slot) costs its rollout -1. Without it the tiny model's RL can drift in
     # tokens the reward never reads (README: seed 9's `\boxed{2}2}2}...`). More than 1 would punish
@@ -190,6 +191,8 @@ HELP = {
     "curriculum_notes": "notes of the copy curriculum's memory targets (default: --notes). digits: on cpu-demo "
                         "the copy formed at the gate for seeds 0, 3, 6 and 9 (with value notes, for seed 0 "
                         "only; README, session 21)",
+    "entropy_coef": "entropy bonus: loss - COEF * the --loss-agg mean of the policy's per-token entropy "
+                    "(verl's entropy_coeff; DAPO and the paper use 0)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
@@ -582,9 +585,10 @@ def micro_batches(convs, size):
     return micros
 
 
-def response_logprobs(model, convs, temperature=1.0, with_entropy=False):
+def response_logprobs(model, convs, temperature=1.0, with_entropy=False, entropy_grad=False):
     """Log-probs (N, R) of each conversation's response tokens under softmax(logits / temperature),
-    and their entropies (N, R, detached) when asked; R = the longest response, padding 0.
+    and their entropies (N, R) when asked (detached unless entropy_grad: an entropy bonus in the
+    loss needs its gradient); R = the longest response, padding 0.
 
     A group's rollouts often repeat a turn word for word (the first turn always: same prompt; later
     ones while their memories agree and they reply alike). Each distinct (prompt, response) pair
@@ -597,7 +601,9 @@ def response_logprobs(model, convs, temperature=1.0, with_entropy=False):
     targets = pad_rows(responses, logits.size(1), dtype=torch.long, device=logits.device)  # (U, R)
     index = torch.tensor(source, device=logits.device)  # (N,)
     logp = dapo.logprobs_from_logits(logits, targets)[index]  # (N, R)
-    entropy = dapo.entropy_from_logits(logits.detach())[index] if with_entropy else None  # (N, R)
+    entropy = None
+    if with_entropy:
+        entropy = dapo.entropy_from_logits(logits if entropy_grad else logits.detach())[index]  # (N, R)
     return logp, entropy
 
 
@@ -1097,7 +1103,8 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
             with autocast(cfg):
                 # scored under the distribution the rollouts sampled from: softmax(logits / T); one
                 # forward per distinct (prompt, response), a row for every copy
-                logp, entropy = response_logprobs(model, micro_convs, cfg.temperature, with_entropy=True)  # (B, R)
+                logp, entropy = response_logprobs(model, micro_convs, cfg.temperature, with_entropy=True,
+                                                  entropy_grad=cfg.entropy_coef > 0)  # (B, R)
             R, dev = logp.size(1), logp.device
             mask = pad_rows([[1] * len(c.response_ids) for c in micro_convs], R, device=dev)  # (B, R)
             if mini == 0:  # the policy that sampled, not yet updated: ratio exactly 1
@@ -1114,7 +1121,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
                 logp, logp_old, advantages, mask, eps_low=cfg.clip_low, eps_high=cfg.clip_high,
                 dual_clip_c=cfg.dual_clip or None, agg=cfg.loss_agg, token_normalizer=token_norm,
                 seq_normalizer=seq_norm, max_len=budget, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
-                entropy=entropy)
+                entropy=entropy, entropy_coef=cfg.entropy_coef)
             check_finite(loss.item(), f"RL step {step + 1}")
             loss.backward()
             w = m_stats["response_tokens"]

@@ -384,6 +384,27 @@ def test_kl_term_in_the_loss():
     assert close(logp_new.grad, [[-0.000859141, 0.000316060, 0.0]], tol=1e-9)
 
 
+def test_entropy_bonus_in_the_loss():
+    # A = 0 and r = 1, so only the bonus is left: -0.1 * (0.5 + 0.3) / 2 = -0.04 (the padded
+    # token's nan is masked out); d loss / d entropy = -0.1 / 2 on each response token
+    entropy = torch.tensor([[0.5, 0.3, float("nan")]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]])
+    loss, metrics = dapo.policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), mask,
+                                     entropy=entropy, entropy_coef=0.1)
+    assert close(loss, -0.04, tol=1e-7)
+    assert metrics["entropy"] == pytest.approx(0.4)
+    loss.backward()
+    assert close(entropy.grad, [[-0.05, -0.05, 0.0]], tol=1e-7)
+    with pytest.raises(ValueError, match="entropy_coef"):
+        dapo.policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), mask, entropy_coef=0.1)
+    # through entropy_from_logits, a step down the loss flattens the distribution: p = [0.25, 0.75]
+    logits = torch.tensor([[[0.0, math.log(3.0)]]], requires_grad=True)
+    loss, _ = dapo.policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1),
+                               entropy=dapo.entropy_from_logits(logits), entropy_coef=1.0)
+    loss.backward()
+    assert logits.grad[0, 0, 0] < 0 < logits.grad[0, 0, 1]  # raises the rare token, lowers the common one
+
+
 def test_entropy_and_logprobs_from_logits():
     # p = [0.25, 0.75]: H = 0.25*ln 4 + 0.75*ln(4/3) = 0.346574 + 0.215762 = 0.562335
     # uniform over 4: ln 4 = 1.386294; adding 1000 to every logit changes nothing

@@ -72,7 +72,7 @@ def test_help_lists_the_dapo_flags():
                          text=True, timeout=60)
     assert out.returncode == 0
     for flag in ("--recipe", "--clip-high", "--no-dynamic-sampling", "--adv-std", "--no-adv-std",
-                 "--loss-agg", "--kl-coef", "--resume", "--init-from", "--overlong-buffer"):
+                 "--loss-agg", "--kl-coef", "--entropy-coef", "--resume", "--init-from", "--overlong-buffer"):
         assert flag in out.stdout, flag
 
 
@@ -492,24 +492,30 @@ def test_repeated_conversations_share_a_forward_but_keep_their_gradient():
     convs = [a, b, Conv([5, 6, 7], [8, 9]), c, a, b, Conv([4, 5, 6, 7, 8], [9, 10, 11])]
     weights = torch.tensor([[1.0], [-2.0], [0.5], [3.0], [-1.0], [2.5], [-0.7]])  # (N, 1)
 
-    def grads_and_logp(shared):
+    def grads_and_logp(shared, entropy_bonus):
         torch.manual_seed(0)
         model = Qwen2(config_from_preset("tiny", vocab_size=64)).train()
         if shared:
-            logp, entropy = train.response_logprobs(model, convs, temperature=0.7, with_entropy=True)
-            assert entropy.shape == logp.shape and not entropy.requires_grad
+            logp, entropy = train.response_logprobs(model, convs, temperature=0.7, with_entropy=True,
+                                                    entropy_grad=entropy_bonus)
+            assert entropy.shape == logp.shape and entropy.requires_grad == entropy_bonus
         else:
             responses = [x.response_ids for x in convs]
             logits = train.response_logits(model, [x.prompt_ids for x in convs], responses, 0.7)
             logp = dapo.logprobs_from_logits(logits, train.pad_rows(responses, logits.size(1), dtype=torch.long))
+            entropy = dapo.entropy_from_logits(logits)
         mask = train.pad_rows([[1] * len(x.response_ids) for x in convs], logp.size(1))
-        (weights * logp * mask).sum().backward()
+        loss = (weights * logp * mask).sum()
+        if entropy_bonus:  # the --entropy-coef term: its gradient must reach every copy too
+            loss = loss - (weights.flip(0) * entropy * mask).sum()
+        loss.backward()
         return [p.grad.clone() for p in model.parameters()], logp.detach() * mask
 
-    (g_shared, lp_shared), (g_each, lp_each) = grads_and_logp(True), grads_and_logp(False)
-    torch.testing.assert_close(lp_shared, lp_each, atol=1e-5, rtol=1e-5)
-    for x, y in zip(g_shared, g_each):
-        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    for entropy_bonus in (False, True):
+        (g_shared, lp_shared), (g_each, lp_each) = grads_and_logp(True, entropy_bonus), grads_and_logp(False, entropy_bonus)
+        torch.testing.assert_close(lp_shared, lp_each, atol=1e-5, rtol=1e-5)
+        for x, y in zip(g_shared, g_each):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
 
 
 def test_micro_batches_hold_at_most_size_distinct_pairs_with_copies_together():
@@ -642,6 +648,21 @@ def test_smoke_pipeline_on_cuda_in_mixed_precision(tok_dir):
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
     weights = load_file(os.path.join(out, "rl", "model.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())
+
+
+def test_entropy_bonus_raises_the_entropy_of_the_next_rollouts(tok_dir, smoke_run):
+    """--entropy-coef puts -COEF * entropy in the loss. From the same start and seed the first
+    step's rollouts (and the entropy logged from them) are the same; after one update with a large
+    bonus the policy samples at a higher entropy than after the plain DAPO update."""
+    common = ["--recipe", "smoke", "--eval-n", "0", "--rl-steps", "2", "--no-dynamic-sampling",
+              "--init-from", os.path.join(smoke_run[0], "warmstart")]
+    entropies = {}
+    for coef in ("0", "1.0"):
+        out = fresh_out(tok_dir, f"entropy-{coef}")
+        run_main(common + ["--out-dir", out, "--entropy-coef", coef])
+        entropies[coef] = [r["entropy"] for r in read_metrics(out)]
+    assert entropies["0"][0] == pytest.approx(entropies["1.0"][0], rel=1e-5)
+    assert entropies["1.0"][1] > entropies["0"][1] + 0.05, entropies
 
 
 def test_resume_continues_exactly(tok_dir, smoke_run):
