@@ -9,7 +9,9 @@ The agent reads the document in chunks of `chunk_tokens`; after each chunk it re
 (at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the
 memory after every turn shows what the policy chose to keep. `--eval` measures accuracy, how often
 the final memory holds the answer (above accuracy: the answer turn misread a right memory), tokens/s
-and peak memory over document lengths: the extrapolation table. The agent geometry (chunk, memory
+and peak memory over document lengths: the extrapolation table. On needle tasks it adds what the
+memory did at each turn whose chunk holds a needle (keep the old note, take the new one, or
+neither), by what the memory held and which needle came: what RL changed (turn_decisions). The agent geometry (chunk, memory
 and answer budgets, prompt variant) comes from the checkpoint's training config unless overridden.
 `--eval --baseline CKPT` adds a full-attention checkpoint (train.py --baseline) on the same
 documents; `--baseline-positions N` lets it read past the positions it was built for.
@@ -27,7 +29,8 @@ from memagent.reward import memory_holds, score_answer
 from memagent.tasks import TASKS, make_sample_retry, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import check_device, load_checkpoint
-from rollout import AgentConfig, check_window, run_agent, run_full_attention
+from memagent.prompts import initial_memory
+from rollout import AgentConfig, check_window, chunk_ids, run_agent, run_full_attention
 
 
 def fail(message):
@@ -128,6 +131,56 @@ def kv_megabytes(model, tokens):
     return tokens * per_token / 2**20
 
 
+def turn_decisions(tokenizer, sample, rollout, cfg):
+    """What the agent did at each memory turn whose chunk holds exactly one whole needle: a list of
+    (memory before, the chunk's needle, what the reply did), read off the values the memories hold
+    (reward.memory_holds, so a number written as " $7." still holds "7", as the reward reads it).
+
+    memory before: "asked" (it holds the answer), "other" (another needle's value), "nothing".
+    the chunk's needle: "asked" or "other". A needle that a chunk boundary cuts is in no chunk.
+    the reply: "take" (holds the chunk's value and none that the memory held), "keep" (holds what
+    the memory held and not the chunk's value), "other" (both, neither, or something else).
+    This is what RL has to change on a selective task: from a warm start that keeps or takes
+    whatever comes, to "take the asked needle, keep it against every other" (README).
+    """
+    if not sample.get("needles") or any("start" not in n for n in sample["needles"]):
+        return []
+    chunks = [tokenizer.decode(c) for c in chunk_ids(tokenizer.encode(sample["context"]), cfg.chunk_tokens)]
+    asked = set(sample["answers"])
+    memories = [initial_memory(cfg.compact_prompts)] + rollout.memories  # before turn k: memories[k]
+    decisions = []
+    for k, chunk in enumerate(chunks):
+        inside = [n for n in sample["needles"] if sample["context"][n["start"]:n["end"]] in chunk]
+        if len(inside) != 1 or k + 1 >= len(memories):
+            continue
+        new = inside[0]["value"]
+        held = [n["value"] for n in sample["needles"] if memory_holds(memories[k], [n["value"]])]
+        before = "asked" if asked & set(held) else ("other" if held else "nothing")
+        reply = memories[k + 1]
+        has_new = memory_holds(reply, [new])
+        has_old = [memory_holds(reply, [v]) for v in held if v != new]
+        if has_new and not any(has_old):
+            action = "take"
+        elif not has_new and all(has_old):
+            action = "keep"
+        else:
+            action = "other"
+        decisions.append((before, "asked" if new in asked else "other", action))
+    return decisions
+
+
+def decision_table(decisions):
+    """{"memory before | chunk": {"n": count, "keep": %, "take": %, "other": %}} over turn_decisions."""
+    table = {}
+    for before in ("nothing", "asked", "other"):
+        for chunk in ("asked", "other"):
+            actions = [a for b, c, a in decisions if (b, c) == (before, chunk)]
+            if actions:
+                table[f"{before} | {chunk}"] = dict(n=len(actions), **{
+                    a: 100 * actions.count(a) / len(actions) for a in ("keep", "take", "other")})
+    return table
+
+
 def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
     """Accuracy, tokens/s and peak memory per document length (`lengths`: args.lengths parsed),
     greedy, on held-out seeds.
@@ -148,11 +201,13 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         rewards, held = [], []  # held: the final memory holds the asked answer (reward.memory_holds)
+        decisions = []
         for start in range(0, len(samples), args.batch):  # documents of one length read together
             batch = samples[start:start + args.batch]
             for r in run_agent(model, tokenizer, batch, cfg, seed=args.seed):
                 rewards.append(r.reward)
                 held.append(memory_holds(r.memories[-1], batch[r.sample]["answers"]))
+                decisions += turn_decisions(tokenizer, batch[r.sample], r, cfg)
             if not args.json:
                 print(f"\r{length_text}: {len(rewards)}/{len(samples)} documents", end="", file=sys.stderr)
         seconds = time.perf_counter() - t0
@@ -162,7 +217,8 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
                    memory_holds_answer=100 * sum(held) / len(held),
                    context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device),
                    # the agent's longest conversation (check_window returns it; no window limit here)
-                   kv_mb=kv_megabytes(model, check_window(tokenizer, [problem], cfg, 10**12)))
+                   kv_mb=kv_megabytes(model, check_window(tokenizer, [problem], cfg, 10**12)),
+                   decisions=decision_table(decisions))
         if baseline is not None:
             row.update(run_baseline(baseline, samples, args, tokens))
         rows.append(row)
@@ -217,6 +273,24 @@ def print_table(rows):
                           f"{r['baseline_kv_mb']:.2f} |")
         else:
             print(agent + f" {r['baseline_status']} | - | - |")
+
+
+def print_decisions(rows):
+    """The memory turns of every length together, by what the memory held and what the chunk brought."""
+    table = {}
+    for r in rows:
+        for key, d in r["decisions"].items():
+            t = table.setdefault(key, dict(n=0, keep=0.0, take=0.0, other=0.0))
+            for a in ("keep", "take", "other"):
+                t[a] += d[a] * d["n"] / 100
+            t["n"] += d["n"]
+    if not table:
+        return
+    print("\nmemory turns whose chunk holds one whole needle (all lengths):")
+    print(f"{'memory before | chunk':>24} {'turns':>6} {'keep %':>7} {'take %':>7} {'other %':>8}")
+    for key, t in table.items():
+        print(f"{key:>24} {t['n']:6d} " + " ".join(f"{100 * t[a] / t['n']:7.1f}" for a in ("keep", "take"))
+              + f" {100 * t['other'] / t['n']:8.1f}")
 
 
 def parse_length_or_fail(text):
@@ -312,6 +386,7 @@ def main(argv=None):
             print(json.dumps(rows))
         else:
             print_table(rows)
+            print_decisions(rows)
         return
 
     if args.file is not None:

@@ -184,3 +184,52 @@ def test_checkpoint_errors(ckpt, tmp_path, capsys):
     bad = save_checkpoint(model, str(tmp_path / "bad"), tokenizer_file=tok.path)
     code, _, err = run(["--ckpt", bad, "--task", "vt"], capsys)
     assert code == 2 and "do not belong together" in err
+
+
+def test_turn_decisions_read_what_a_scripted_policy_did(tmp_path):
+    """Two rule-following stand-ins for the model, and the table must show their rules at 100%:
+    'take the number, keep it against every price' (what RL should learn on the cpu-demo task) and
+    'take every needle' (the copy curriculum). Needles cut by a chunk boundary are in no turn."""
+    from memagent.tasks import make_sample_retry
+    from rollout import AgentConfig, Generation, run_agent
+
+    tok = get_tokenizer(str(tmp_path / "tok"))
+    samples = [make_sample_retry("niah_number_among_prices", 384, 1_000_000 + i, tok) for i in range(12)]
+    cfg = AgentConfig(chunk_tokens=48, memory_tokens=5, answer_tokens=8, compact_prompts=True)
+
+    def scripted(take_prices):
+        def policy(prompts, budgets, stop_ids, cfg):
+            out = []
+            for ids in prompts:
+                text = tok.decode(ids)
+                memory = text.split("Memory:\n", 1)[1].split("\n", 1)[0]
+                if "\nText:\n" in text:
+                    chunk = text.split("\nText:\n", 1)[1].split("\nNew memory:", 1)[0]
+                    number = re.findall(r"The magic number is (\d)\.", chunk)  # whole sentences only
+                    price = re.findall(r"The \w+ price is (\$\d)\.", chunk) if take_prices else []
+                    reply = f" {(number + price)[0]}." if number + price else memory
+                else:
+                    reply = "\\boxed{" + memory.strip(" .$") + "}"
+                tokens = tok.encode(reply) + [tok.im_end_id]
+                out.append(Generation(tokens=tokens, logprobs=[0.0] * len(tokens), stop_reason="stop"))
+            return out
+        return policy
+
+    for take_prices, expected in ((False, {"nothing | asked": "take", "nothing | other": "keep",
+                                           "asked | other": "keep"}),
+                                  (True, {"nothing | asked": "take", "nothing | other": "take",
+                                          "asked | other": "take", "other | asked": "take",
+                                          "other | other": "take"})):
+        rollouts = run_agent(None, tok, samples, cfg, policy=scripted(take_prices), max_positions=512)
+        decisions = [d for r in rollouts for d in infer.turn_decisions(tok, samples[r.sample], r, cfg)]
+        table = infer.decision_table(decisions)
+        assert set(table) == set(expected), table
+        for key, action in expected.items():
+            assert table[key][action] == 100.0, (key, table[key])
+        # every needle that lies whole in a chunk is one decision (3 of 4 needles are prices)
+        whole = sum(any(s["context"][n["start"]:n["end"]] in tok.decode(c)
+                        for c in [tok.encode(s["context"])[k:k + 48] for k in range(0, s["n_tokens"], 48)])
+                    for s in samples for n in s["needles"])
+        assert len(decisions) == whole > 30
+        if not take_prices:  # the rule answers every document whose number lies whole in a chunk
+            assert sum(r.reward for r in rollouts) == sum(t == "asked" for _, t, _ in decisions)
