@@ -11,8 +11,9 @@ memory after every turn shows what the policy chose to keep. `--eval` measures a
 the final memory holds the answer (above accuracy: the answer turn misread a right memory), tokens/s
 and peak memory over document lengths: the extrapolation table. On needle tasks it adds what the
 memory did at each turn whose chunk holds a needle (keep the old note, take the new one, or
-neither), by what the memory held and which needle came: what RL changed (turn_decisions). The agent geometry (chunk, memory
-and answer budgets, prompt variant) comes from the checkpoint's training config unless overridden.
+neither), by what the memory held and which needle came: what RL changed (turn_decisions). The
+agent geometry (chunk, memory and answer budgets, prompt variant) comes from the checkpoint's
+training config unless overridden.
 `--eval --baseline CKPT` adds a full-attention checkpoint (train.py --baseline) on the same
 documents; `--baseline-positions N` lets it read past the positions it was built for.
 """
@@ -25,11 +26,11 @@ import time
 
 import torch
 
+from memagent.prompts import initial_memory
 from memagent.reward import memory_holds, score_answer
 from memagent.tasks import TASKS, make_sample_retry, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import check_device, load_checkpoint
-from memagent.prompts import initial_memory
 from rollout import AgentConfig, check_window, chunk_ids, run_agent, run_full_attention
 
 
@@ -170,14 +171,13 @@ def turn_decisions(tokenizer, sample, rollout, cfg):
 
 
 def decision_table(decisions):
-    """{"memory before | chunk": {"n": count, "keep": %, "take": %, "other": %}} over turn_decisions."""
+    """{"memory before | chunk": {"keep": turns, "take": turns, "other": turns}} over turn_decisions."""
     table = {}
     for before in ("nothing", "asked", "other"):
         for chunk in ("asked", "other"):
             actions = [a for b, c, a in decisions if (b, c) == (before, chunk)]
             if actions:
-                table[f"{before} | {chunk}"] = dict(n=len(actions), **{
-                    a: 100 * actions.count(a) / len(actions) for a in ("keep", "take", "other")})
+                table[f"{before} | {chunk}"] = {a: actions.count(a) for a in ("keep", "take", "other")}
     return table
 
 
@@ -279,18 +279,17 @@ def print_decisions(rows):
     """The memory turns of every length together, by what the memory held and what the chunk brought."""
     table = {}
     for r in rows:
-        for key, d in r["decisions"].items():
-            t = table.setdefault(key, dict(n=0, keep=0.0, take=0.0, other=0.0))
-            for a in ("keep", "take", "other"):
-                t[a] += d[a] * d["n"] / 100
-            t["n"] += d["n"]
+        for key, counts in r["decisions"].items():
+            total = table.setdefault(key, dict(keep=0, take=0, other=0))
+            for action, n in counts.items():
+                total[action] += n
     if not table:
         return
     print("\nmemory turns whose chunk holds one whole needle (all lengths):")
     print(f"{'memory before | chunk':>24} {'turns':>6} {'keep %':>7} {'take %':>7} {'other %':>8}")
     for key, t in table.items():
-        print(f"{key:>24} {t['n']:6d} " + " ".join(f"{100 * t[a] / t['n']:7.1f}" for a in ("keep", "take"))
-              + f" {100 * t['other'] / t['n']:8.1f}")
+        n = sum(t.values())
+        print(f"{key:>24} {n:6d} {100 * t['keep'] / n:7.1f} {100 * t['take'] / n:7.1f} {100 * t['other'] / n:8.1f}")
 
 
 def parse_length_or_fail(text):

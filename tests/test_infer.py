@@ -225,7 +225,7 @@ def test_turn_decisions_read_what_a_scripted_policy_did(tmp_path):
         table = infer.decision_table(decisions)
         assert set(table) == set(expected), table
         for key, action in expected.items():
-            assert table[key][action] == 100.0, (key, table[key])
+            assert table[key][action] == sum(table[key].values()) > 0, (key, table[key])
         # every needle that lies whole in a chunk is one decision (3 of 4 needles are prices)
         whole = sum(any(s["context"][n["start"]:n["end"]] in tok.decode(c)
                         for c in [tok.encode(s["context"])[k:k + 48] for k in range(0, s["n_tokens"], 48)])
