@@ -84,6 +84,8 @@ def test_recipes_and_overrides():
     assert (paper.chunk_tokens, paper.memory_tokens, paper.answer_tokens, paper.window) == (5000, 1024, 1024, 8192)
     assert (paper.group_size, paper.lr, paper.clip_high, paper.dynamic_sampling) == (16, 1e-6, 0.28, True)
     assert paper.model == "qwen-ish-0.5b" and paper.dtype == "bfloat16"
+    # rollouts at the paper's temperature 1.0 there and in the shipped scripts; the cpu-demo's tiny model at 0.7
+    assert (paper.temperature, shipped.temperature, train.parse_args([]).temperature) == (1.0, 1.0, 0.7)
     cfg = train.parse_args(["--recipe", "shipped", "--clip-high", "0.3", "--dynamic-sampling",
                             "--loss-agg", "seq-mean-token-mean"])
     assert (cfg.clip_high, cfg.dynamic_sampling, cfg.loss_agg, cfg.kl_coef) == (0.3, True, "seq-mean-token-mean", 0.001)
@@ -544,7 +546,7 @@ def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
     cfg = train.TrainConfig(micro_batch=len(convs), device="cpu")
     scored = train.score_responses(cfg, model, convs)
     responses = [c.response_ids for c in convs]
-    logits = train.response_logits(model, [c.prompt_ids for c in convs], responses)  # with grad
+    logits = train.response_logits(model, [c.prompt_ids for c in convs], responses, cfg.temperature)  # with grad
     targets = train.pad_rows(responses, logits.size(1), dtype=torch.long)
     logp = dapo.logprobs_from_logits(logits, targets)  # (B, R)
     assert logp.requires_grad
