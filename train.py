@@ -199,7 +199,7 @@ HELP = {
                         "the copy formed at the gate for seeds 0, 3, 6 and 9 (with value notes, for seed 0 "
                         "only; README, session 21)",
     "entropy_coef": "entropy bonus: loss - COEF * the --loss-agg mean of the policy's per-token entropy "
-                    "(verl's entropy_coeff; DAPO and the paper use 0)",
+                    "(verl's entropy_coeff; off by default, as in DAPO)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
