@@ -201,16 +201,17 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         rewards, held = [], []  # held: the final memory holds the asked answer (reward.memory_holds)
-        decisions = []
+        read = []  # (sample, rollout): the turn table is read after the clock stops
         for start in range(0, len(samples), args.batch):  # documents of one length read together
             batch = samples[start:start + args.batch]
             for r in run_agent(model, tokenizer, batch, cfg, seed=args.seed):
                 rewards.append(r.reward)
                 held.append(memory_holds(r.memories[-1], batch[r.sample]["answers"]))
-                decisions += turn_decisions(tokenizer, batch[r.sample], r, cfg)
+                read.append((batch[r.sample], r))
             if not args.json:
                 print(f"\r{length_text}: {len(rewards)}/{len(samples)} documents", end="", file=sys.stderr)
         seconds = time.perf_counter() - t0
+        decisions = [d for sample, r in read for d in turn_decisions(tokenizer, sample, r, cfg)]
         tokens = sum(s["n_tokens"] for s in samples)
         problem = max(len(tokenizer.encode(s["question"])) for s in samples)
         row = dict(length=length, accuracy=100 * sum(rewards) / len(rewards), n=len(samples),
