@@ -45,7 +45,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
-    initializer_range: float = 0.02  # std of the random init, Qwen2's (README "Training results": 0.05 tried)
+    initializer_range: float = 0.02  # std of the random init, Qwen2's (0.05: EXPERIMENTS.md)
 
     @property
     def head_dim(self):

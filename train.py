@@ -110,9 +110,10 @@ class TrainConfig:
     rl_steps: int = 80
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
     group_size: int = 8  # rollouts per prompt
-    # one on-policy AdamW step per rollout batch at 5e-4: the tiny model's RL drifts at more (README:
-    # 2 steps at 1e-3 found the rule in 1 run of 4; 1 step at 1e-3 or 2 at 5e-4 let the answer format
-    # break once the reward neared 1). With one step the clip never binds: ablate it with --mini-batches 2+
+    # one on-policy AdamW step per rollout batch at 5e-4: the tiny model's RL drifts at more
+    # (EXPERIMENTS.md, session 12: 2 steps at 1e-3 found the rule in 1 run of 4; 1 step at 1e-3 or 2
+    # at 5e-4 let the answer format break once the reward neared 1). With one step the clip never
+    # binds: ablate it with --mini-batches 2+
     mini_batches: int = 1  # optimizer steps per rollout batch
     micro_batch: int = 64  # distinct conversations per forward/backward (copies share one: response_logprobs)
     lr: float = 5e-4
@@ -130,13 +131,14 @@ class TrainConfig:
     entropy_coef: float = 0.0  # entropy bonus (verl's entropy_coeff); 0 = off, as in DAPO
     # soft overlong punishment buffer in tokens (0 = off). 1: a reply that fills its budget (cut, or
     # its stop id in the last slot) costs its rollout -1. Without it the tiny model's RL can drift in
-    # tokens the reward never reads (README: seed 9's `\boxed{2}2}2}...`). More than 1 would punish
-    # every note: " 7." + the stop id is 4 of memory_tokens' 5
+    # tokens the reward never reads (EXPERIMENTS.md, session 15: seed 9's `\boxed{2}2}2}...`). More
+    # than 1 would punish every note: " 7." + the stop id is 4 of memory_tokens' 5
     overlong_buffer: int = 1
     # rollout temperature (the update scores softmax(logits / T) too). 0.7 on the tiny model: at 1.0
     # its warm start writes digits it never read and mixes two notes' tokens twice as often, and
     # whether 80 DAPO steps found the rule depended on the draw (seed 0's needed ~100 steps on
-    # session 22's VM); at 0.7 all 6 draws tried rose, 5 within 30 steps (README). The paper: 1.0.
+    # session 22's VM); at 0.7 all 6 draws tried rose, 5 within 30 steps (EXPERIMENTS.md, session
+    # 22). The paper: 1.0.
     temperature: float = 0.7
     top_p: float = 1.0
     # evaluation
@@ -197,7 +199,7 @@ HELP = {
     "copy_patience": "most curriculum steps the copy gate may add (default 300)",
     "curriculum_notes": "notes of the copy curriculum's memory targets (default: --notes). digits: on cpu-demo "
                         "the copy formed at the gate for seeds 0, 3, 6 and 9 (with value notes, for seed 0 "
-                        "only; README, session 21)",
+                        "only; EXPERIMENTS.md, session 21)",
     "entropy_coef": "entropy bonus: loss - COEF * the --loss-agg mean of the policy's per-token entropy "
                     "(verl's entropy_coeff; off by default, as in DAPO)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
@@ -828,8 +830,8 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     target, token for token with its stop id: the newest notes read (warm_start_conversations with
     keep="latest"). It checks the whole skill the curriculum teaches: find a fact in a chunk, copy
     it, carry it through the chunks without one. (The warm-start loss says less: on the cpu-demo a
-    step's loss of 0.19 went with 44% of documents copied for seed 6 and 59% for seed 9; README,
-    session 19.)
+    step's loss of 0.19 went with 44% of documents copied for seed 6 and 59% for seed 9;
+    EXPERIMENTS.md, session 19.)
     policy: a scripted stand-in for the model (rollout.run_agent's), for tests."""
     short = curriculum_config(cfg)
     samples = [get_sample(cfg, tokenizer, None, EVAL_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
@@ -881,27 +883,27 @@ def warm_start(cfg, model, tokenizer, data):
     ~130-token prompts it sits for hundreds of steps writing the format around the most common
     key and digit (attention spread over every position gives almost no gradient toward the
     right one). Short prompts shorten that plateau, and the copy carries over to long ones
-    (measured in README "Training results").
+    (measured in EXPERIMENTS.md, session 3).
 
     The curriculum's memory targets keep the latest note (--curriculum-keep latest), not a random
     one: with reservoir targets the note to write after a new needle is the chunk's with
     probability 1/seen and the memory's otherwise, a coin the model cannot predict, so the
     gradient toward either copy is diluted. Both choices are question-agnostic (the latest needle
     is the asked one no more often than a random one), and the last steps return to reservoir
-    targets, so RL still starts from a policy that keeps a random needle. Measured (README): with
-    reservoir targets the copy never formed for seeds 3, 6 and 8 of the cpu-demo; with latest
-    targets seed 8's formed by curriculum step ~175 and seed 3's by ~275. --curriculum-notes
-    digits writes the curriculum's notes without a price's sign (" 3.", not " $3."): one digit to
-    copy, not a kind and a digit; the later steps still write --notes.
+    targets, so RL still starts from a policy that keeps a random needle. Measured (EXPERIMENTS.md,
+    sessions 15-16): with reservoir targets the copy never formed for seeds 3, 6 and 8 of the
+    cpu-demo; with latest targets seed 8's formed by curriculum step ~175 and seed 3's by ~275.
+    --curriculum-notes digits writes the curriculum's notes without a price's sign (" 3.", not
+    " $3."): one digit to copy, not a kind and a digit; the later steps still write --notes.
 
     The copy gate: a seed whose copy has not formed when the curriculum ends sits on a plateau
     (loss ~0.45), and RL cannot start from it. So where the curriculum would end, the greedy agent
     runs on 64 held-out curriculum documents (copy_rate), and the curriculum goes on, 25 steps at
     a time, until its final memory is exactly the newest note in at least --copy-gate (75%) of
     them, for at most --copy-patience (300) more steps; a seed whose copy formed in time is
-    unchanged. Measured on the cpu-demo (README, session 19): at step 300, seeds whose copy had
-    formed copied 84-95% of documents, seeds on the plateau 5-13%. (Session 18's gate read the
-    mean loss of the last 25 steps instead; its 0.3 passed seed 6 with 14% copied.)
+    unchanged. Measured on the cpu-demo (EXPERIMENTS.md, session 19): at step 300, seeds whose
+    copy had formed copied 84-95% of documents, seeds on the plateau 5-13%. (Session 18's gate
+    read the mean loss of the last 25 steps instead; its 0.3 passed seed 6 with 14% copied.)
     """
     def conversations_of(index, rng, step):
         return curriculum_conversations(cfg, tokenizer, data, index, rng, step)
@@ -952,7 +954,7 @@ def train_baseline(cfg, model, tokenizer, data):
     pretrained model as MemAgent, this one starts from what the agent starts from (a model that
     can copy a fact out of a text), and only the reading differs. Trained from scratch instead,
     the 1M-parameter model never learned to find the needle in a whole document: its loss sat at
-    a digit guess for 360 steps of 64 documents (README)."""
+    a digit guess for 360 steps of 64 documents (README, session 8)."""
     cfg = dataclasses.replace(cfg, sft_steps=cfg.baseline_steps, short_chunk_steps=cfg.baseline_steps // 2)
     top = max(1.0, baseline_max_scale(cfg, model, tokenizer)) if data is None else 1.0
 
@@ -1217,8 +1219,8 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
 def warn_if_no_copy(cfg, holds):
     """A warning when the starting policy's final memory holds a needle's value in under 70% of
     the documents at the first eval length: it has not learned to copy a fact into memory, and RL
-    cannot teach WHICH fact to keep before it does. (Measured on cpu-demo, README "Training
-    results": warm starts that copy hold one in 91-100% of documents at 1x; seed 3's, which
+    cannot teach WHICH fact to keep before it does. (Measured on cpu-demo, EXPERIMENTS.md,
+    sessions 14-19: warm starts that copy hold one in 91-100% of documents at 1x; seed 3's, which
     always writes the same digit, in 34% (a fixed digit is one of a document's four in 40%), and
     seed 6's and seed 8's in 41% and 44%, all before the copy curriculum kept the newest note;
     seed 6's still 31% after that, 70-78% after session 18's loss gate, and 55% in session 19,
@@ -1394,7 +1396,7 @@ def baseline_main(cfg, model, tokenizer, data, t_start):
         warm_start_and_save(cfg, model, tokenizer, data)
     elif not cfg.init_from:
         print0("note: --sft-steps 0 without --init-from: the baseline starts from random weights "
-               "(from scratch it may never learn to find the needle: README)")
+               "(from scratch it may never learn to find the needle: README, session 8)")
     train_baseline(cfg, model, tokenizer, data)
     if RANK == 0:
         save_checkpoint(model, os.path.join(cfg.out_dir, "baseline"), tokenizer_file=tokenizer.files(),

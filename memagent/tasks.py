@@ -381,11 +381,11 @@ def niah_first_last(length, seed, tokenizer):
     the asked key is an equality test (an XOR of two inputs: neither the question alone nor the
     needle alone says keep or drop), which gives gradient descent no first-order signal; a
     from-scratch 1M-parameter model stays at chance on it for hundreds of fully supervised steps
-    (README, Training results). Here the question alone decides the rule, and the choice is still
+    (EXPERIMENTS.md, sessions 4-6). Here the question alone decides the rule, and the choice is still
     one RL must learn: the warm start keeps a random needle. Measured: such a model learns the
     rule supervised in ~200 steps when the note restates the question's word (--notes restate),
     not with value notes; from reward, within the CPU budget, it learns only the unconditional
-    "keep the first" rule (README).
+    "keep the first" rule (EXPERIMENTS.md).
     """
     context, meta, n_tokens = niah_multikey_short(length, seed, tokenizer)
     order = sorted(meta["needles"], key=lambda n: n["start"])
@@ -404,7 +404,8 @@ def niah_distractors(length, seed, tokenizer):
     test) and niah_first_last (a rule chosen by the question) the decision can be read off the
     needle alone: keep it if it says "magic". It is still a choice of WHAT to remember that the
     warm start (which keeps a random needle, right 1/4 of the time) leaves to RL. Measured
-    (README): a from-scratch 1M-parameter model learns this rule from reward only slowly.
+    (EXPERIMENTS.md, session 6): a from-scratch 1M-parameter model learns this rule from reward
+    only slowly.
     """
     return _niah(length, seed, tokenizer, "niah_distractors", haystack="prose", n_keys=4, short=True,
                  asked_key="magic")
@@ -420,9 +421,9 @@ def niah_number_among_prices(length, seed, tokenizer):
     the time; which to keep is RL's to learn. Here the deciding feature is one token of the value
     itself ("$" or not), which the model reads anyway to copy the value; in niah_distractors it is
     the key two tokens before the value, and in niah_first_last the question far back in the
-    prompt, which a from-scratch 1M-parameter model learns from reward only slowly (README).
-    Measured (train.py's CPU default, seed 0, session 18; 64 held-out documents): greedy accuracy
-    18.8% after the warm start, 96.9% after 80 DAPO steps, 100% at 64x the training length
+    prompt, which a from-scratch 1M-parameter model learns from reward only slowly (EXPERIMENTS.md).
+    Measured (train.py's CPU default, seed 0, session 22; 64 held-out documents): greedy accuracy
+    17.2% after the warm start, 98.4% after 80 DAPO steps, 100% at 64x the training length
     (README: other seeds).
     """
     return _niah(length, seed, tokenizer, "niah_number_among_prices", haystack="prose", n_keys=4,
