@@ -424,7 +424,7 @@ def niah_number_among_prices(length, seed, tokenizer):
     prompt, which a from-scratch 1M-parameter model learns from reward only slowly (EXPERIMENTS.md).
     Measured (train.py's CPU default, seed 0, session 22; 64 held-out documents): greedy accuracy
     17.2% after the warm start, 98.4% after 80 DAPO steps, 100% at 64x the training length
-    (README: other seeds).
+    (README, "Across seeds").
     """
     return _niah(length, seed, tokenizer, "niah_number_among_prices", haystack="prose", n_keys=4,
                  short=True, asked_key="magic", price_distractors=True)
