@@ -201,7 +201,7 @@ HELP = {
                         "the copy formed at the gate for seeds 0, 3, 6 and 9 (with value notes, for seed 0 "
                         "only; EXPERIMENTS.md, session 21)",
     "entropy_coef": "entropy bonus: loss - COEF * the --loss-agg mean of the policy's per-token entropy "
-                    "(verl's entropy_coeff; off by default, as in DAPO)",
+                    "(verl's entropy_coeff; off by default, as in DAPO; a negative COEF penalizes entropy)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
@@ -1113,7 +1113,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
                 # scored under the distribution the rollouts sampled from: softmax(logits / T); one
                 # forward per distinct (prompt, response), a row for every copy
                 logp, entropy = response_logprobs(model, micro_convs, cfg.temperature, with_entropy=True,
-                                                  entropy_grad=cfg.entropy_coef > 0)  # (B, R)
+                                                  entropy_grad=cfg.entropy_coef != 0)  # (B, R)
             R, dev = logp.size(1), logp.device
             mask = pad_rows([[1] * len(c.response_ids) for c in micro_convs], R, device=dev)  # (B, R)
             if mini == 0:  # the policy that sampled, not yet updated: ratio exactly 1
