@@ -121,6 +121,8 @@ class KVCache:
 
     def write(self, layer, positions, k, v):
         """Store k, v (B, Hkv, T, D) of tokens at `positions` (B, T) into their own slots."""
+        if k.size(2) > self.max_len:  # a shape check, so no GPU sync (on CUDA the index error is fatal)
+            raise ValueError(f"KVCache.write: {k.size(2)} tokens do not fit a cache of {self.max_len} slots")
         rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
         # advanced indices (rows, positions) around a full slice put their dims first: (B, T, Hkv, D).
         # (Under autocast k arrives in float32 from the rotary step, the cache is bf16: cast.)

@@ -11,14 +11,16 @@ The engine, `generate`, is what every rollout turn calls:
   3. each row samples independently from its own distribution (temperature, top-k, top-p) with a
      seeded generator; a row that emits a stop id is finished and stops producing tokens.
 
-For RL, every sampled token also gets its log-probability under the distribution it was sampled
-from: log softmax(logits / temperature)[token] (temperature 1 for greedy rows). That is the "old
-policy" log-prob the DAPO importance ratio divides by, and the trainer scores with the same
-temperature (as verl does). Top-k / top-p truncation is not in it: training samples with neither
-(design.md: temperature 1.0, top-p 1.0).
+For RL, every sampled token also gets its log-probability log softmax(logits / temperature)[token]
+(temperature 1 for greedy rows), the distribution the trainer scores with too (as verl does). The
+trainer does not divide by these: it recomputes the "old policy" log-probs with its own forward
+(train.py, rl_step) and logs their gap to these as a check of the engine. Top-k / top-p truncation
+is not in either: with top_p < 1 a token is drawn from the truncated distribution but scored under
+the whole one, as verl scores vLLM's samples (training uses neither: design.md, top-p 1.0).
 """
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +63,16 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     return logits
 
 
+MIN_TEMPERATURE = 1e-3
+
+
 def check_sampling(temperature, top_k, top_p):
     """Raise a clear error for sampling settings that have no meaning."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not (temperature == 0 or temperature >= MIN_TEMPERATURE):
+        raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (smaller ones overflow "
+                         f"logits / temperature), got {temperature}")
+    if not isinstance(top_k, Integral) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
@@ -119,8 +125,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         raise ValueError(f"generate: prompt ids must be integers in [0, {V}) (the model's vocabulary), "
                          f"got values from {ids.min().item()} to {ids.max().item()}")
     check_sampling(temperature, top_k, top_p)
-    budgets = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(budgets) != B or min(budgets) < 1:
+    budgets = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * B
+    if len(budgets) != B or not all(isinstance(n, Integral) for n in budgets) or min(budgets) < 1:
         raise ValueError(f"generate: need one budget >= 1 per prompt, got {max_new_tokens}")
     for p, n in zip(prompts, budgets):
         if len(p) + n > model.config.max_position_embeddings:
@@ -136,7 +142,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
             generator.seed()  # a fresh random seed for this generator only (the global RNG is untouched)
         else:
             generator.manual_seed(seed)
-    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+    stop = torch.tensor(sorted(set(stop_ids or ())) or [-1], device=device)
 
     # the U distinct prompts and, for each row, which of them it is (all B rows without sharing)
     if share_prefill:
@@ -199,8 +205,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
 # Every prompt is built from token ids, not re-tokenized text: the problem and the document are
 # encoded once, each chunk is a slice of exactly `chunk_tokens` document ids, and the memory placed
 # in the next prompt is the previous reply's ids (its stop token dropped). So a prompt is never
-# longer than template + problem + memory_tokens + chunk_tokens, and what the trainer scores later is
-# exactly what the model saw.
+# longer than template + problem + max(memory_tokens, initial memory) + chunk_tokens, and what the
+# trainer scores later is exactly what the model saw. (One cost with a BPE tokenizer that merges
+# punctuation with the newline after it, as Qwen2's does: a field's last token and the template's
+# "\n" stay two tokens where encoding the whole text would give one. Same text, a few more ids.)
 
 
 @dataclass
@@ -232,7 +240,7 @@ class Conversation:
     is_final: bool
     prompt_ids: list
     response_ids: list  # the sampled tokens, stop token included when the reply stopped
-    logprobs: list  # log p of each response token under the sampling policy (softmax(logits / temperature))
+    logprobs: list  # log p of each response token under softmax(logits / temperature), as sampled (a diagnostic)
     truncated: bool  # the reply hit its budget without a stop token
 
 
@@ -387,6 +395,9 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
                 budgets.append(cfg.answer_tokens)
         generations = policy(prompts, budgets, stop_ids, cfg)
         still_reading = []
+        if len(generations) != len(prompts):
+            raise ValueError(f"run_agent: the policy returned {len(generations)} generations for "
+                             f"{len(prompts)} prompts")
         for r, prompt, gen in zip(active, prompts, generations):
             rollout, s = rollouts[r], rollouts[r].sample
             is_final = turn == len(documents[s])

@@ -206,6 +206,15 @@ def test_no_samples_no_rollouts_and_bad_budgets_are_named():
         AgentConfig(top_p=0.0)
 
 
+def test_a_policy_that_drops_a_row_is_named():
+    """A policy that returns fewer generations than prompts would leave rollouts without an
+    answer (reward 0, silently): run_agent refuses it."""
+    def short_policy(prompts, budgets, stop_ids, cfg):
+        return scripted_policy([])(prompts, budgets, stop_ids, cfg)[:-1]
+    with pytest.raises(ValueError, match="returned 2 generations for 3 prompts"):
+        run_agent(None, TOK, samples_of_lengths([2]), CFG, group_size=3, policy=short_policy, max_positions=512)
+
+
 def test_chunking_is_exact():
     ids = list(range(10))
     assert chunk_ids(ids, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

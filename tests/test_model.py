@@ -204,6 +204,8 @@ def test_kv_cache_is_written_in_place():
     assert cache.k[1, 1, :, :5].abs().sum() == 0  # nothing else was touched
     with pytest.raises(ValueError, match="maximum positions"):
         KVCache(model.config, 1, 1000)
+    with pytest.raises(ValueError, match="17 tokens do not fit a cache of 16 slots"):  # a prefill too long
+        model(torch.zeros(2, 17, dtype=torch.long), cache=cache)
 
 
 def test_copy_rows_fans_out_a_prefill():
@@ -291,13 +293,17 @@ def test_generate_without_a_seed_leaves_the_global_rng_alone():
     ([[1, 2, 101]], {}, r"integers in \[0, 101\).*from 1 to 101"),
     ([[-1, 2]], {}, r"integers in \[0, 101\)"),
     ([[1.5, 2]], {}, r"integers in \[0, 101\)"),
-    ([[1, 2]], {"temperature": -1.0}, "temperature must be >= 0"),
-    ([[1, 2]], {"top_k": -2}, "top_k must be >= 0"),
+    ([[1, 2]], {"temperature": -1.0}, r"temperature must be 0 \(greedy\) or >= 0.001"),
+    ([[1, 2]], {"temperature": 1e-45}, r"temperature must be 0 \(greedy\) or >= 0.001.*overflow"),
+    ([[1, 2]], {"top_k": -2}, "top_k must be an integer >= 0"),
+    ([[1, 2]], {"top_k": 2.5}, "top_k must be an integer >= 0"),
     ([[1, 2]], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    ([[1, 2]], {"max_new_tokens": 3.0}, "need one budget >= 1 per prompt"),
+    ([[1, 2]], {"max_new_tokens": [2, 2]}, "need one budget >= 1 per prompt"),
 ])
 def test_generate_rejects_bad_input_by_name(prompts, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        generate(tiny_model(), prompts, max_new_tokens=2, **kwargs)
+        generate(tiny_model(), prompts, **{"max_new_tokens": 2, **kwargs})
 
 
 def test_stop_ids_and_budget():
