@@ -167,6 +167,10 @@ class FillStats:
 G = TypeVar("G")
 
 
+class NoSignalError(RuntimeError):
+    """fill_batch found too few groups with reward variance (none at all, or too few with strict)."""
+
+
 def fill_batch(draw_fn: Callable[[], list[G]], rewards_of: Callable[[G], Sequence[float]],
                batch_size: int, max_gen_batches: int | None, strict: bool = False
                ) -> tuple[list[G], FillStats]:
@@ -180,7 +184,8 @@ def fill_batch(draw_fn: Callable[[], list[G]], rewards_of: Callable[[G], Sequenc
     At the bound: DAPO's reference code raises. Here (strict=False, the default) we train on the
     groups we have, log a warning and set `stats.hit_bound`: a small run whose policy is already
     at 0% or 100% on most prompts should not crash. strict=True raises like the reference.
-    If not a single group was kept, there is nothing to train on: RuntimeError either way.
+    If not a single group was kept, there is nothing to train on: NoSignalError either way (a
+    RuntimeError of its own, so a caller can tell it from an error inside draw_fn, an OOM say).
     """
     if batch_size < 1 or (max_gen_batches is not None and max_gen_batches < 1):
         raise ValueError(f"batch_size and max_gen_batches must be >= 1 (max_gen_batches may be "
@@ -203,7 +208,7 @@ def fill_batch(draw_fn: Callable[[], list[G]], rewards_of: Callable[[G], Sequenc
                    f"variance after {draws} draws (max_gen_batches={max_gen_batches}; "
                    f"kept fraction {stats.kept_fraction:.3f})")
         if strict or not kept:
-            raise RuntimeError(message)
+            raise NoSignalError(message)
         log.warning(message + "; training on the groups kept")
     return kept[:batch_size], stats
 
@@ -433,7 +438,7 @@ def rollout_overlong_penalty(response_lengths: Sequence[int], budgets: Sequence[
 
 
 __all__ = [
-    "AGG_MODES", "FillStats", "aggregate", "broadcast_advantages", "clipped_surrogate",
+    "AGG_MODES", "FillStats", "NoSignalError", "aggregate", "broadcast_advantages", "clipped_surrogate",
     "entropy_from_logits", "fill_batch", "group_advantages", "keep_groups_with_signal",
     "kl_k3", "logprobs_from_logits", "loss_normalizers", "overlong_penalty", "policy_loss",
     "rollout_overlong_penalty",

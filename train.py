@@ -68,8 +68,8 @@ from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
 from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, save_checkpoint,
                    staging_dir, swap_in)
-from rollout import (AgentConfig, check_window, chunk_ids, direct_turn_ids, distinct, final_turn_ids,
-                     memory_turn_ids, run_agent, run_full_attention)
+from rollout import (MIN_TEMPERATURE, AgentConfig, check_window, chunk_ids, direct_turn_ids, distinct,
+                     final_turn_ids, memory_turn_ids, run_agent, run_full_attention)
 
 # -----------------------------------------------------------------------------
 # Configuration: one dataclass, named recipes that override it, argparse on top.
@@ -119,7 +119,7 @@ class TrainConfig:
     lr: float = 5e-4
     warmup_steps: int = 2  # RL steps of linear warm-up (rising every optimizer step), then constant
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm (warm start and RL); 0 = no clipping
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float = 0.0  # 0 = off; DAPO/verl use 3
@@ -213,6 +213,11 @@ HELP = {
 }
 
 
+def sized_in_docs(cfg):
+    """Whether --n-docs sizes this run's documents: the paragraphs of hotpot_synth or a HotpotQA .json."""
+    return bool(cfg.n_docs) and (cfg.data.endswith(".json") if cfg.data else cfg.task == "hotpot_synth")
+
+
 def parse_args(argv=None):
     """TrainConfig from the command line: recipe defaults first, then the flags given."""
     parser = argparse.ArgumentParser(description="Train a MemAgent: warm start -> DAPO -> eval.")
@@ -268,16 +273,16 @@ def parse_args(argv=None):
             parser.error(f"--device: {e}")
     if cfg.init_from and not os.path.isdir(cfg.init_from):
         parser.error(f"--init-from {cfg.init_from}: no such directory")
-    if cfg.group_size < 1 or cfg.batch_size < 1 or cfg.mini_batches < 1 or cfg.micro_batch < 1:
-        parser.error("--group-size, --batch-size, --mini-batches and --micro-batch must be >= 1")
+    if min(cfg.group_size, cfg.batch_size, cfg.mini_batches, cfg.micro_batch, cfg.sft_batch) < 1:
+        parser.error("--group-size, --batch-size, --mini-batches, --micro-batch and --sft-batch must be >= 1")
     if cfg.group_size < 2 and cfg.rl_steps > 0 and not cfg.baseline:
         parser.error("--group-size must be >= 2 for RL: a rollout's advantage is its reward minus its "
                      "group's mean, so a group of one has none (dynamic sampling would drop every group)")
     if min(cfg.chunk_tokens, cfg.memory_tokens, cfg.answer_tokens) < 1:
         parser.error("--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1")
-    if not cfg.temperature > 0:
-        parser.error(f"--temperature must be > 0: RL samples its rollouts (greedy rollouts of a group "
-                     f"are identical and carry no signal); got {cfg.temperature}")
+    if not cfg.temperature >= MIN_TEMPERATURE:
+        parser.error(f"--temperature must be >= {MIN_TEMPERATURE}: RL samples its rollouts (greedy rollouts "
+                     f"of a group are identical and carry no signal); got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         parser.error(f"--top-p must be in (0, 1], got {cfg.top_p}")
     if cfg.max_gen_batches < 1:
@@ -288,6 +293,15 @@ def parse_args(argv=None):
         parser.error(f"need 0 <= --clip-low < 1 and --clip-high >= 0, got {cfg.clip_low} and {cfg.clip_high}")
     if cfg.dual_clip and cfg.dual_clip <= 1:
         parser.error(f"--dual-clip must be > 1 (or 0 = off), got {cfg.dual_clip}")
+    for flag, value, meaning in (("--grad-clip", cfg.grad_clip, "0 = no clipping; a negative norm would "
+                                  "flip the gradient"), ("--overlong-buffer", cfg.overlong_buffer, "0 = off"),
+                                 ("--kl-coef", cfg.kl_coef, "0 = off; a negative one would reward drifting "
+                                  "from the reference"), ("--n-docs", cfg.n_docs, "0 = use --train-length")):
+        if not value >= 0:
+            parser.error(f"{flag} must be >= 0 ({meaning}), got {value}")
+    if args.n_docs and not sized_in_docs(cfg):  # (a recipe's n_docs is simply unused by other tasks)
+        parser.error("--n-docs sizes documents in paragraphs, which only --task hotpot_synth and a HotpotQA "
+                     ".json have; this run's documents are sized by --train-length")
     if cfg.rollout_rows < 0:
         parser.error(f"--rollout-rows must be >= 0 (0 = all rows in one call), not {cfg.rollout_rows}")
     try:
@@ -318,6 +332,15 @@ def all_sum(values):
     return t.tolist()
 
 
+def all_max(value):
+    """The largest of one number over ranks."""
+    if WORLD == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=COMM_DEVICE)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def setup_distributed(cfg):
     global RANK, WORLD, COMM_DEVICE
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -338,6 +361,9 @@ def setup_distributed(cfg):
     if cfg.batch_size % WORLD:
         raise SystemExit(f"train.py: --batch-size {cfg.batch_size} must be divisible by the "
                          f"{WORLD} ranks")
+    supervises = cfg.baseline or (not cfg.init_from and cfg.sft_steps > 0)  # the warm start / baseline run
+    if supervises and cfg.sft_batch % WORLD:
+        raise SystemExit(f"train.py: --sft-batch {cfg.sft_batch} must be divisible by the {WORLD} ranks")
     if cfg.mini_batches > cfg.batch_size // WORLD:
         raise SystemExit(f"train.py: --mini-batches {cfg.mini_batches} is more than the "
                          f"{cfg.batch_size // WORLD} prompt groups each rank holds (--batch-size / ranks): "
@@ -459,7 +485,7 @@ def geometry_check(cfg, model, tokenizer, data):
     print0(f"geometry: chunk {cfg.chunk_tokens} + memory {cfg.memory_tokens} + answer "
            f"{cfg.answer_tokens} + problem ~{problem} -> longest conversation {need} of a {window}-token "
            f"window; training documents like sample 0: {document} tokens"
-           f"{f' ({cfg.n_docs} docs)' if cfg.n_docs and not isinstance(data, list) else ''}, "
+           f"{f' ({cfg.n_docs} docs)' if sized_in_docs(cfg) else ''}, "
            f"{math.ceil(document / cfg.chunk_tokens)} chunks")
     plan = memory_plan(cfg, model.config, model.num_parameters(), need)
     peak = plan["training state"] + max(plan["rollout KV cache"] + plan["rollout prefill"],
@@ -518,7 +544,7 @@ def save_state(cfg, model, tokenizer, optimizer, step, history):
         save_checkpoint(model, os.path.join(tmp, "model"), tokenizer_file=tokenizer.files(),
                         meta={"step": step, "config": dataclasses.asdict(cfg)})
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(), "history": history,
+                    "python_rng": random.getstate(), "history": history, "world": WORLD,
                     "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "trainer.pt"))
     except BaseException:  # (a full disk, say): no stray folder; the previous ckpt stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
@@ -528,16 +554,33 @@ def save_state(cfg, model, tokenizer, optimizer, step, history):
 
 GEOMETRY_FIELDS = ("model", "init_from", "task", "chunk_tokens", "memory_tokens", "answer_tokens",
                    "vocab_size", "dtype", "prompts")
+# what --resume may change: how long to go on, evaluation, memory and speed knobs, and the warm
+# start's settings (it is over). Every other setting must be the checkpoint's, or the run would
+# not continue exactly (the data position, for one, depends on the seed and the batch sizes).
+RESUME_MAY_CHANGE = ("recipe", "rl_steps", "eval_scales", "eval_n", "out_dir", "device", "rollout_rows",
+                     "micro_batch", "grad_ckpt", "compile", "save_every", "resume", "baseline", "baseline_steps",
+                     "notes", "sft_steps", "sft_batch", "sft_lr", "short_chunk_steps", "short_chunk",
+                     "curriculum_keep", "curriculum_notes", "copy_gate", "copy_patience")
 
 
 def load_state(cfg, model, optimizer):
     """Restore OUT_DIR/ckpt into model and optimizer; returns (step, history)."""
     path = os.path.join(cfg.out_dir, "ckpt")
     state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
+    saved = state["config"]
     for name in GEOMETRY_FIELDS:
-        if state["config"].get(name) != getattr(cfg, name):
+        if saved.get(name) != getattr(cfg, name):
             raise SystemExit(f"train.py: checkpoint {path} is incompatible: it was trained with "
-                             f"{name}={state['config'].get(name)!r}, this run has {getattr(cfg, name)!r}")
+                             f"{name}={saved.get(name)!r}, this run has {getattr(cfg, name)!r}")
+    changed = [f"--{f.name.replace('_', '-')} {saved[f.name]!r} (this run: {getattr(cfg, f.name)!r})"
+               for f in dataclasses.fields(cfg) if f.name not in RESUME_MAY_CHANGE and f.name in saved
+               and saved[f.name] != getattr(cfg, f.name)]
+    if state.get("world", WORLD) != WORLD:
+        changed.append(f"{state['world']} ranks (this run: {WORLD})")
+    if changed:
+        raise SystemExit(f"train.py: --resume continues the run in {path} exactly, but it was trained with "
+                         f"{'; '.join(changed)}. Repeat its flags (only --rl-steps, evaluation and system "
+                         f"flags may change), or start a new run from its weights: --init-from {path}/model")
     saved = load_hf(os.path.join(path, "model"), dtype=torch.float32, device=cfg.device)
     model.load_state_dict(saved.state_dict())
     optimizer.load_state_dict(state["optimizer"])
@@ -752,7 +795,7 @@ def supervised(cfg, model, conversations_of, label, gate_at=None, copy_rate=None
     rng = random.Random(cfg.seed + 12345 + RANK)
     model.train()
     t0 = time.time()
-    per_rank = max(1, cfg.sft_batch // WORLD)
+    per_rank = cfg.sft_batch // WORLD
 
     def lr_at(step):
         warmup = min(1.0, (step + 1) / min(20, cfg.sft_steps // 5 + 1))
@@ -780,7 +823,7 @@ def supervised(cfg, model, conversations_of, label, gate_at=None, copy_rate=None
             loss_sum += loss.item()
         check_finite(loss_sum, label)
         all_reduce_grads(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return all_sum([loss_sum])[0]
@@ -834,8 +877,10 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     EXPERIMENTS.md, session 19.)
     policy: a scripted stand-in for the model (rollout.run_agent's), for tests."""
     short = curriculum_config(cfg)
+    # each rank runs its share of the n documents and the counts are summed, so that every rank
+    # gets the same rate and takes the same branch of the gate (ranks that disagreed would deadlock)
     samples = [get_sample(cfg, tokenizer, None, EVAL_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
-               for i in range(n)]
+               for i in range(RANK, n, WORLD)]
     targets = [warm_start_conversations(s, tokenizer, short, random.Random(0), keep="latest")[-2][1]
                for s in samples]  # the last memory turn's reply: (prompt, reply) pairs, then the final turn
     was_training = model.training
@@ -846,7 +891,8 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     model.train(was_training)
     empty = tokenizer.render_reply(initial_memory(short.prompts == "compact"))
     scored = [(r.conversations[-2].response_ids, t) for r, t in zip(rollouts, targets) if t != empty]
-    return sum(reply == target for reply, target in scored) / max(len(scored), 1)
+    copied, total = all_sum([sum(reply == target for reply, target in scored), len(scored)])
+    return copied / max(total, 1)
 
 
 def curriculum_config(cfg):
@@ -975,8 +1021,10 @@ def train_baseline(cfg, model, tokenizer, data):
 
 def check_finite(value, where):
     if not math.isfinite(value):
-        raise SystemExit(f"train.py: non-finite loss ({value}) during {where}; stopping. The last "
-                         f"good checkpoint is kept; try a lower --lr / --sft-lr.")
+        kept = ("The last good checkpoint (OUT_DIR/ckpt) is kept" if where.startswith("RL") else
+                "No checkpoint was written yet (RL saves them)")
+        raise SystemExit(f"train.py: non-finite loss ({value}) during {where}; stopping. {kept}; "
+                         f"try a lower --lr / --sft-lr.")
 
 
 def all_reduce_grads(model):
@@ -989,17 +1037,25 @@ def all_reduce_grads(model):
         dist.all_reduce(p.grad)
 
 
-def collect_rollouts(cfg, model, tokenizer, data, step):
+def collect_rollouts(cfg, model, tokenizer, data, step, data_round=0):
     """Roll out groups until dynamic sampling has its batch. Returns (groups to train on,
-    (groups with reward variance, groups drawn), the first draw's rollouts, tokens generated)."""
+    (groups with reward variance, groups drawn), the first draw's rollouts, tokens generated,
+    the most draws any rank made).
+
+    Which prompts a draw gets: a generated task makes a fresh sample for every draw slot (step,
+    draw, rank) by seed, so no two draws ever share one. A data file is read in order like a data
+    loader: draw d of this step takes the batch_size questions after the data_round batches that
+    earlier draws consumed (so every question comes up once per epoch, whatever dynamic sampling
+    skipped; a resumed run recounts data_round from its history)."""
     per_rank = cfg.batch_size // WORLD
     agent = agent_config(cfg, cfg.temperature)
     draws = []
 
     def draw():
         d = len(draws)
-        base = ((step * cfg.max_gen_batches + d) * WORLD + RANK) * per_rank
-        samples = [get_sample(cfg, tokenizer, data, base + i) for i in range(per_rank)]
+        base = ((step * cfg.max_gen_batches + d) * WORLD + RANK) * per_rank  # this draw's slot
+        first = base if data is None else ((data_round + d) * WORLD + RANK) * per_rank
+        samples = [get_sample(cfg, tokenizer, data, first + i) for i in range(per_rank)]
         with autocast(cfg):
             rollouts = run_agent(model, tokenizer, samples, agent, group_size=cfg.group_size,
                                  seed=cfg.seed * 1_000_003 + base, max_positions=cfg.window or None)
@@ -1017,7 +1073,7 @@ def collect_rollouts(cfg, model, tokenizer, data, step):
     if cfg.dynamic_sampling:
         try:
             groups, stats = dapo.fill_batch(draw, rewards_of, per_rank, cfg.max_gen_batches)
-        except RuntimeError as e:  # not one group with signal in max_gen_batches draws
+        except dapo.NoSignalError as e:  # not one group with signal in max_gen_batches draws
             print(f"step {step + 1} (rank {RANK}): {e}; no update from this rank", flush=True)
             groups = []
     else:
@@ -1025,7 +1081,7 @@ def collect_rollouts(cfg, model, tokenizer, data, step):
     drawn = [d[i:i + cfg.group_size] for d in draws for i in range(0, len(d), cfg.group_size)]
     with_signal = sum(len(set(rewards_of(g))) > 1 for g in drawn)  # groups dynamic sampling keeps
     generated = sum(len(c.response_ids) for d in draws for r in d for c in r.conversations)
-    return groups, (with_signal, len(drawn)), draws[0], generated
+    return groups, (with_signal, len(drawn)), draws[0], generated, int(all_max(len(draws)))
 
 
 def score_responses(cfg, model, convs):
@@ -1054,11 +1110,13 @@ def warmup_lr(cfg, step, mini_batch):
     return cfg.lr * min(1.0, done / max(cfg.warmup_steps * cfg.mini_batches, 1))
 
 
-def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
-    """One DAPO step: rollouts -> advantages -> mini-batched clipped-surrogate updates."""
+def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=0):
+    """One DAPO step: rollouts -> advantages -> mini-batched clipped-surrogate updates.
+    data_round: rollout batches of a data file consumed by the earlier steps (collect_rollouts)."""
     t0 = time.time()
     model.eval()
-    groups, (with_signal, drawn), first, generated = collect_rollouts(cfg, model, tokenizer, data, step)
+    groups, (with_signal, drawn), first, generated, draws = collect_rollouts(cfg, model, tokenizer, data,
+                                                                             step, data_round)
     t_rollout = time.time() - t0
 
     # rollout metrics of the first draw: an unbiased view of the current policy
@@ -1072,7 +1130,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
                     len(convs_all), generated, with_signal, drawn])
     n = max(sums[0], 1)
     metrics = {"step": step + 1, "reward": sums[1] / n, "accuracy": sums[2] / n,
-               "kept_fraction": sums[10] / max(sums[11], 1), "memory_len": sums[4] / max(sums[3], 1),
+               "kept_fraction": sums[10] / max(sums[11], 1), "draws": draws, "memory_len": sums[4] / max(sums[3], 1),
                "answer_len": sums[6] / max(sums[5], 1), "truncation_rate": sums[7] / max(sums[8], 1)}
 
     # advantages: one per rollout, from its group; every conversation gets its rollout's
@@ -1091,8 +1149,11 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
     # mini-batch runs before any update, so its own forward's log-probs, detached, are its old
     # ones; only the later mini-batches are scored here (none with one mini-batch per step).
     kept_convs = [c for r in kept for c in r.conversations]
-    later_convs = [c for part in parts[1:] for g in part for r in g for c in r.conversations]
-    logp_old_of = score_responses(cfg, model, later_convs)
+    part_convs = [[c for g in part for r in g for c in r.conversations] for part in parts]
+    logp_old_of = {}
+    for convs in part_convs[1:]:  # each part in the micro-batches its update makes: the same shapes, so in
+        logp_old_of.update(score_responses(cfg, model, convs))  # bf16 the same rounding (ratio 1 until a step)
+    later_convs = [c for convs in part_convs[1:] for c in convs]
     gap = sum(abs(a - b) for c in later_convs for a, b in zip(c.logprobs, logp_old_of[id(c)]))
     logp_ref_of = score_responses(cfg, ref_model, kept_convs) if ref_model is not None else None  # frozen
     # token-weighted sums of the per-micro-batch diagnostics; pg_loss adds up to each mini-batch's loss
@@ -1141,7 +1202,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step):
         all_reduce_grads(model)
         for group in optimizer.param_groups:  # warm-up, then constant
             group["lr"] = warmup_lr(cfg, step, mini)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
         check_finite(float(grad_norm), f"RL step {step + 1} (gradient norm)")
         grad_norms += float(grad_norm)  # before clipping: how hard the step pulled
         optimizer.step()
@@ -1339,7 +1400,8 @@ def main(argv=None):
     if step < cfg.rl_steps:
         print0(f"== RL: {cfg.rl_steps} DAPO steps x {cfg.batch_size} prompts x {cfg.group_size} rollouts")
     while step < cfg.rl_steps:
-        metrics = rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step)
+        data_round = sum(h.get("draws", cfg.max_gen_batches) for h in history)  # (older runs: no "draws")
+        metrics = rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round)
         step += 1
         history.append(metrics)
         print0(f"step {step:4d}/{cfg.rl_steps} | reward {metrics['reward']:.3f} | acc "

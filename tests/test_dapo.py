@@ -142,11 +142,11 @@ def test_fill_batch_at_the_bound_trains_on_what_it_has_and_logs(caplog):
 
 def test_fill_batch_raises_when_strict_or_when_nothing_was_kept():
     draw, _ = scripted_draws(BATCHES)
-    with pytest.raises(RuntimeError, match="only 2 of 3"):
+    with pytest.raises(dapo.NoSignalError, match="only 2 of 3"):
         dapo.fill_batch(draw, rewards_of, batch_size=3, max_gen_batches=2, strict=True)
     flat = [[{"rewards": [1, 1]}], [{"rewards": [0, 0]}]]
     draw, _ = scripted_draws(flat)
-    with pytest.raises(RuntimeError, match="only 0 of 1"):
+    with pytest.raises(dapo.NoSignalError, match="only 0 of 1"):
         dapo.fill_batch(draw, rewards_of, batch_size=1, max_gen_batches=2)
     with pytest.raises(ValueError, match="max_gen_batches"):
         dapo.fill_batch(draw, rewards_of, batch_size=1, max_gen_batches=0)

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -113,7 +114,12 @@ def test_recipes_and_overrides():
     (["--baseline", "--resume"], "no checkpoint to resume"),
     (["--chunk-tokens", "0"], "--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1"),
     (["--memory-tokens", "-3"], "must be >= 1"),
-    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--temperature", "0"], "--temperature must be >= 0.001"),
+    (["--grad-clip", "-1"], "--grad-clip must be >= 0 (0 = no clipping"),
+    (["--overlong-buffer", "-1"], "--overlong-buffer must be >= 0"),
+    (["--kl-coef", "-0.1"], "--kl-coef must be >= 0"),
+    (["--n-docs", "50"], "--n-docs sizes documents in paragraphs"),
+    (["--sft-batch", "0"], "--sft-batch must be >= 1"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--max-gen-batches", "0"], "--max-gen-batches must be >= 1"),
     (["--save-every", "0"], "--save-every must be >= 1"),
@@ -533,6 +539,20 @@ def test_micro_batches_hold_at_most_size_distinct_pairs_with_copies_together():
     assert len(micros) == -(-len({train.pair_of(c) for c in convs}) // 4)
 
 
+def test_later_mini_batches_are_scored_in_the_shapes_of_their_update(tok_dir, smoke_run):
+    """The old log-probs of mini-batches 2+ come from a scoring pass before any update. In bf16 a
+    forward's rounding depends on the batch's shapes, so that pass must split each mini-batch as its
+    update does: then with lr 0 (the policy never moves) every ratio is exactly 1. (Scoring all later
+    mini-batches together gave |log ratio| up to ~1e-3 in bf16.)"""
+    out = fresh_out(tok_dir, "bf16-mini")
+    run_main(["--recipe", "smoke", "--out-dir", out, "--eval-n", "0", "--rl-steps", "1", "--dtype", "bfloat16",
+              "--batch-size", "4", "--mini-batches", "4", "--lr", "0", "--group-size", "3",
+              "--init-from", os.path.join(smoke_run[0], "warmstart")])
+    (row,) = read_metrics(out)
+    assert row["trained_tokens"] > 0
+    assert row["ratio_mean"] == 1.0 and row["approx_kl"] == 0.0, row
+
+
 def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
     """rl_step takes the first mini-batch's old log-probs from its own training forward, detached,
     instead of a no-grad scoring pass first: exact only if the forward with grad computes the very
@@ -686,6 +706,11 @@ def test_resume_continues_exactly(tok_dir, smoke_run):
     with pytest.raises(SystemExit) as e:
         run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--chunk-tokens", "80"])
     assert "incompatible" in str(e.value)
+    # and so is a change that would not continue the run exactly, each changed flag named
+    with pytest.raises(SystemExit) as e:
+        run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--lr", "0.01", "--seed", "3"])
+    assert "--lr 0.0005 (this run: 0.01); --seed 0 (this run: 3)" in str(e.value), str(e.value)
+    assert f"--init-from {split}/ckpt/model" in str(e.value)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.5])
@@ -774,10 +799,50 @@ def test_resume_recovers_a_checkpoint_swap_cut_short(tok_dir, smoke_run, monkeyp
     ckpt = os.path.join(out, "ckpt")
     os.replace(ckpt, ckpt + ".old")  # what a crash between swap_in's two renames leaves
     steps_run, rl_step = [], train.rl_step
-    monkeypatch.setattr(train, "rl_step", lambda *a: steps_run.append(a[-1]) or rl_step(*a))
+    monkeypatch.setattr(train, "rl_step", lambda *a: steps_run.append(a[6]) or rl_step(*a))  # a[6]: step
     run_main(common + ["--out-dir", out, "--rl-steps", "3", "--resume"])
     assert steps_run == [2]  # continued after step 2, not from the beginning
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def test_a_data_file_is_read_in_order_whatever_dynamic_sampling_draws(monkeypatch):
+    """A data file is a data loader: each draw takes the next batch of questions, so every training
+    question comes up once per epoch, in order, however many draws dynamic sampling makes.
+    (Earlier each step jumped over max_gen_batches batches: with 48 questions, batch 8 and 3
+    draws a step, only 16 questions were ever trained on.) Oracle: the questions in file order."""
+    data = [dict(question=f"q{i}", context="c", answers=["1"], task="niah_single_noise") for i in range(50)]
+    cfg = train.parse_args(["--recipe", "smoke", "--batch-size", "8", "--group-size", "2", "--eval-n", "2",
+                            "--dynamic-sampling", "--max-gen-batches", "3", "--overlong-buffer", "0",
+                            "--device", "cpu"])
+    seen, calls = [], []
+
+    def fake_run_agent(model, tok, samples, agent, group_size=1, seed=0, **kwargs):
+        seen.extend(s["question"] for s in samples)
+        calls.append(seed)
+        signal = len(calls) % 3 != 1  # every third draw has no reward variance: dynamic sampling draws again
+        return [types.SimpleNamespace(reward=float(signal and m % 2), conversations=[])
+                for s in samples for m in range(group_size)]
+    monkeypatch.setattr(train, "run_agent", fake_run_agent)
+    data_round, draws_per_step = 0, []
+    for step in range(12):
+        *_, draws = train.collect_rollouts(cfg, None, None, data, step, data_round)
+        data_round += draws
+        draws_per_step.append(draws)
+    assert set(draws_per_step) == {1, 2}  # dynamic sampling drew again on some steps
+    assert seen == [f"q{i % 48}" for i in range(len(seen))]  # file order, epoch after epoch
+    assert len(seen) > 48 and len(set(calls)) == len(calls)  # and every draw has its own rollout seed
+
+
+def test_an_error_inside_the_rollouts_is_not_taken_for_a_batch_without_signal(monkeypatch):
+    """Dynamic sampling with no group kept is survivable (no update this step); an error while
+    rolling out (a CUDA out-of-memory is a RuntimeError too) must stop the run, not be swallowed."""
+    cfg = train.parse_args(["--recipe", "smoke", "--dynamic-sampling", "--device", "cpu"])
+
+    def failing_run_agent(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    monkeypatch.setattr(train, "run_agent", failing_run_agent)
+    with pytest.raises(torch.OutOfMemoryError, match="simulated"):
+        train.collect_rollouts(cfg, None, None, [dict(question="q", context="c", answers=["1"])] * 40, 0)
 
 
 def test_impossible_batches_and_tiny_data_files_stop_before_training(tok_dir, tmp_path):
