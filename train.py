@@ -204,7 +204,9 @@ HELP = {
                     "(verl's entropy_coeff; off by default, as in DAPO; a negative COEF penalizes entropy)",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
-    "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position)",
+    "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position) with the same "
+              "training flags (a changed one is refused by name; --rl-steps, evaluation and system flags may change)",
+    "grad_clip": "max gradient norm, warm start and RL (0 = no clipping)",
     "baseline": "train the FULL-ATTENTION baseline instead: the agent's warm start (or --init-from), "
                 "then --baseline-steps supervised steps answering with the whole document in the "
                 "window; saved in OUT_DIR/baseline",

@@ -773,6 +773,20 @@ def test_hotpotqa_file_trains_and_evaluates_at_document_multiples(tok_dir, tmp_p
     assert first["context"] != again["context"]  # the second epoch draws other distractors
 
 
+def test_grad_clip_zero_is_no_clipping(tok_dir, smoke_run):
+    """--grad-clip 0 turns clipping off (clip_grad_norm_ with a max norm of 0 would zero every
+    gradient). Oracle: a max norm no gradient reaches; and a max norm of 0.1 does clip here."""
+    weights = {}
+    for clip in ("0", "1e9", "0.1"):
+        out = fresh_out(tok_dir, f"clip-{clip}")
+        run_main(["--recipe", "smoke", "--out-dir", out, "--eval-n", "0", "--rl-steps", "1", "--lr", "0.01",
+                  "--grad-clip", clip, "--init-from", os.path.join(smoke_run[0], "warmstart")])
+        assert read_metrics(out)[0]["grad_norm"] > 0.1  # so the 0.1 run clips
+        weights[clip] = load_hf(os.path.join(out, "rl")).state_dict()
+    assert all(torch.equal(weights["0"][k], weights["1e9"][k]) for k in weights["0"])
+    assert not all(torch.equal(weights["0"][k], weights["0.1"][k]) for k in weights["0"])
+
+
 def test_warmup_is_counted_in_rl_steps():
     assert doctest.testmod(train).failed == 0  # warmup_lr's worked example
     cfg = train.parse_args(["--recipe", "paper"])  # verl: 20 warm-up RL steps, 16 updates each
