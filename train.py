@@ -287,6 +287,8 @@ def parse_args(argv=None):
                      f"of a group are identical and carry no signal); got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         parser.error(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.seed < 0:  # (seeds of samples and rollouts are built from it; random.Random(-s) is random.Random(s))
+        parser.error(f"--seed must be >= 0, got {cfg.seed}")
     if cfg.max_gen_batches < 1:
         parser.error(f"--max-gen-batches must be >= 1 (rollout batches drawn per step), got {cfg.max_gen_batches}")
     if cfg.save_every < 1:

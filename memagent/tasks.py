@@ -756,19 +756,25 @@ def make_sample_retry(task: str, length: int | None, seed: int, tokenizer, n_doc
 
 def make_samples(task: str, length: int | None, n: int, seed: int, tokenizer,
                  n_docs: int | None = None) -> list[dict]:
-    """n distinct samples; sample i uses seed * 1_000_000 + i (skipping repeats of a question)."""
+    """n distinct samples; sample i comes from seed * 1_000_000 + i (make_sample_retry: a seed
+    whose text misses the length takes the next of its own sequence), skipping exact repeats.
+    Distinct means distinct documents: niah_number_among_prices has only 10 question/answer pairs."""
     if n <= 0 or n >= 1_000_000:
         raise ValueError(f"n must be between 1 and 999999, got {n}")
-    samples, seen, i = [], set(), 0
-    while len(samples) < n:
-        if i >= 1_000_000:
-            raise ValueError(f"could not make {n} distinct {task} samples")
-        sample = make_sample(task, length, seed * 1_000_000 + i, tokenizer, n_docs=n_docs)
-        i += 1
-        signature = (sample["question"], tuple(sample["answers"]))
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")  # (random.Random(-s) is random.Random(s))
+    samples, seen = [], set()
+    for i in range(1_000_000):
+        if len(samples) == n:
+            break
+        sample = make_sample_retry(task, length, seed * 1_000_000 + i, tokenizer, n_docs=n_docs)
+        signature = (sample["question"], tuple(sample["answers"]), sample["context"])
         if signature not in seen:
             seen.add(signature)
             samples.append(sample)
+        elif i + 1 - len(samples) >= 1000:
+            raise ValueError(f"could not make {n} distinct {task} samples: the last 1000 seeds repeated "
+                             f"earlier documents")
     return samples
 
 
@@ -809,6 +815,8 @@ def load_jsonl(path) -> list[dict]:
             lines = f.readlines()
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -824,10 +832,10 @@ def load_jsonl(path) -> list[dict]:
         if not isinstance(sample["question"], str) or not isinstance(sample["context"], str):
             raise ValueError(f"{path}, line {lineno}: question and context must be strings")
         answers = sample["answers"]
-        if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
-            raise ValueError(f"{path}, line {lineno}: answers must be a non-empty list of strings, "
-                             f"got {json.dumps(answers)[:60]}")
-        if sample.get("task", "hotpotqa") not in REWARD_KIND:
+        if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() for a in answers)):
+            raise ValueError(f"{path}, line {lineno}: answers must be a non-empty list of non-empty strings "
+                             f"(an empty one is in every reply), got {json.dumps(answers)[:60]}")
+        if not isinstance(sample.get("task", "hotpotqa"), str) or sample.get("task", "hotpotqa") not in REWARD_KIND:
             raise ValueError(f"{path}, line {lineno}: unknown task {sample['task']!r} (it decides the "
                              f"reward); known: {', '.join(sorted(REWARD_KIND))}")
         samples.append(sample)
@@ -856,6 +864,8 @@ def _read_json(path, what):
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
 
 
 def _check_hotpotqa_item(item):

@@ -239,6 +239,14 @@ def test_make_samples_distinct_and_deterministic(tok):
     assert not {s["seed"] for s in a} & {s["seed"] for s in b}
     s = a[5]  # any sample can be rebuilt from its own fields
     assert make_sample(s["task"], s["length"], s["seed"], tok) == s
+    # the default task has only 10 question/answer pairs, and at 128 tokens a seed in three misses
+    # the length: documents still come, distinct and each within 2% of 128 tokens
+    c = make_samples("niah_number_among_prices", 128, n=12, seed=0, tokenizer=tok)
+    assert len({s["context"] for s in c}) == 12 and len({s["answers"][0] for s in c}) <= 10
+    assert all(abs(len(tok.encode(s["context"])) - 128) <= 0.02 * 128 for s in c)
+    assert any(s["seed"] >= 10**9 for s in c)  # a retried seed (make_sample_retry)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        make_samples("niah_single_noise", 500, n=1, seed=-1, tokenizer=tok)
 
 
 def test_parse_length():
@@ -268,14 +276,22 @@ def test_jsonl_round_trip_and_errors(tok, tmp_path):
     with pytest.raises(ValueError, match="line 1: missing answers"):
         load_jsonl(bad)
     bad.write_text(json.dumps({"question": "q", "context": "c", "answers": "1234567"}) + "\n")
-    with pytest.raises(ValueError, match="line 1: answers must be a non-empty list of strings"):
+    with pytest.raises(ValueError, match="line 1: answers must be a non-empty list of non-empty strings"):
         load_jsonl(bad)  # a string would be scored character by character
+    bad.write_text(json.dumps({"question": "q", "context": "c", "answers": [" "], "task": "vt"}) + "\n")
+    with pytest.raises(ValueError, match="line 1: answers must be a non-empty list of non-empty strings"):
+        load_jsonl(bad)  # "" is in every reply: any boxed text would earn the reward
     bad.write_text(json.dumps({"question": "q", "context": 5, "answers": ["1"]}) + "\n")
     with pytest.raises(ValueError, match="line 1: question and context must be strings"):
         load_jsonl(bad)
     bad.write_text(json.dumps({"question": "q", "context": "c", "answers": ["1"], "task": "nope"}) + "\n")
     with pytest.raises(ValueError, match="line 1: unknown task 'nope'"):
         load_jsonl(bad)
+    bad.write_text(json.dumps({"question": "q", "context": "c", "answers": ["1"], "task": ["vt"]}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: unknown task \['vt'\]"):
+        load_jsonl(bad)
+    with pytest.raises(ValueError, match="cannot read it"):
+        load_jsonl(tmp_path)  # a directory
 
 
 def test_make_sample_retry_moves_to_the_next_seed_of_its_sequence(tok):

@@ -120,6 +120,7 @@ def test_recipes_and_overrides():
     (["--kl-coef", "-0.1"], "--kl-coef must be >= 0"),
     (["--n-docs", "50"], "--n-docs sizes documents in paragraphs"),
     (["--sft-batch", "0"], "--sft-batch must be >= 1"),
+    (["--seed", "-1"], "--seed must be >= 0"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--max-gen-batches", "0"], "--max-gen-batches must be >= 1"),
     (["--save-every", "0"], "--save-every must be >= 1"),
