@@ -7,9 +7,12 @@ Run a trained MemAgent on a document and watch its memory, chunk by chunk.
 
 The agent reads the document in chunks of `chunk_tokens`; after each chunk it rewrites its memory
 (at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the
-memory after every turn shows what the policy chose to keep. `--eval` measures accuracy, how often
-the final memory holds the answer (above accuracy: the answer turn misread a right memory), tokens/s
-and peak memory over document lengths: the extrapolation table. On needle tasks it adds what the
+memory after every turn shows what the policy chose to keep. `--eval` measures accuracy (the
+training reward: exact match of the boxed answer, or the fraction of references found on tasks
+with several), the task's RULER metric (design.md section 4: string_match_all for needles and
+variable tracking, string_match_part for QA; on the boxed answer), how much of the answer the
+final memory holds (above accuracy: the answer turn misread a right memory), tokens/s and peak
+memory over document lengths: the extrapolation table. On needle tasks it adds what the
 memory did at each turn whose chunk holds a needle (keep the old note, take the new one, or
 neither), by what the memory held and which needle came: what RL changed (turn_decisions). The
 agent geometry (chunk, memory and answer budgets, prompt variant) comes from the checkpoint's
@@ -27,7 +30,7 @@ import time
 import torch
 
 from memagent.prompts import initial_memory
-from memagent.reward import memory_holds, score_answer
+from memagent.reward import EVAL_METRIC, REWARD_KIND, memory_holds, score_answer
 from memagent.tasks import TASKS, make_sample_retry, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import check_device, load_checkpoint
@@ -200,13 +203,19 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        rewards, held = [], []  # held: the final memory holds the asked answer (reward.memory_holds)
+        rewards, metric, held = [], [], []  # held: how much of the answer the final memory holds
         read = []  # (sample, rollout): the turn table is read after the clock stops
         for start in range(0, len(samples), args.batch):  # documents of one length read together
             batch = samples[start:start + args.batch]
-            for r in run_agent(model, tokenizer, batch, cfg, seed=args.seed):
+            try:
+                rollouts = run_agent(model, tokenizer, batch, cfg, seed=args.seed)
+            except ValueError as e:  # the window check: the geometry does not fit the model's positions
+                fail(str(e))
+            for r in rollouts:
+                answers = batch[r.sample]["answers"]
                 rewards.append(r.reward)
-                held.append(memory_holds(r.memories[-1], batch[r.sample]["answers"]))
+                metric.append(score_answer(r.answer, answers)[EVAL_METRIC[args.task]])
+                held.append(holds_answer(r.memories[-1], args.task, answers))
                 read.append((batch[r.sample], r))
             if not args.json:
                 print(f"\r{length_text}: {len(rewards)}/{len(samples)} documents", end="", file=sys.stderr)
@@ -215,6 +224,7 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
         tokens = sum(s["n_tokens"] for s in samples)
         problem = max(len(tokenizer.encode(s["question"])) for s in samples)
         row = dict(length=length, accuracy=100 * sum(rewards) / len(rewards), n=len(samples),
+                   metric=EVAL_METRIC[args.task], metric_score=100 * sum(metric) / len(metric),
                    memory_holds_answer=100 * sum(held) / len(held),
                    context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device),
                    # the agent's longest conversation (check_window returns it; no window limit here)
@@ -228,6 +238,14 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
     return rows
 
 
+def holds_answer(memory, task, answers):
+    """How much of the answer a memory holds (reward.memory_holds): 1 or 0 for a one-answer task, the
+    fraction of the references held where the reward wants all of them (vt, multivalue, multiquery)."""
+    if REWARD_KIND[task] == "all":
+        return sum(memory_holds(memory, [a]) for a in answers) / len(answers)
+    return float(memory_holds(memory, answers))
+
+
 def run_baseline(baseline, samples, args, tokens):
     """The full-attention columns of one length: accuracy (None beyond the window), time, memory."""
     model, tokenizer, compact, answer_tokens, trained_positions = baseline
@@ -239,7 +257,8 @@ def run_baseline(baseline, samples, args, tokens):
     try:
         for start in range(0, len(samples), args.batch):
             answers += run_full_attention(model, tokenizer, samples[start:start + args.batch],
-                                          answer_tokens, compact, seed=args.seed)
+                                          answer_tokens, compact, temperature=args.temperature, seed=args.seed,
+                                          top_p=args.top_p, top_k=args.top_k)
     except torch.cuda.OutOfMemoryError:
         status = "out of memory"
     seconds = time.perf_counter() - t0
@@ -249,6 +268,8 @@ def run_baseline(baseline, samples, args, tokens):
     longest = max(len(a.prompt_ids) for a in answers) + answer_tokens if ok else 0
     return dict(baseline_status=status, baseline_extrapolated=longest > trained_positions,
                 baseline_accuracy=100 * sum(a.reward for a in answers) / len(answers) if ok else None,
+                baseline_metric_score=100 * sum(score_answer(a.answer, s["answers"])[EVAL_METRIC[args.task]]
+                                                for a, s in zip(answers, samples)) / len(answers) if ok else None,
                 baseline_seconds=seconds if ok else None,
                 baseline_tok_s=tokens / seconds if ok else None,
                 baseline_peak_mem_mb=peak_memory_mb(device) if ok else None,
@@ -257,23 +278,27 @@ def run_baseline(baseline, samples, args, tokens):
 
 def print_table(rows):
     if "baseline_status" not in rows[0]:
-        print(f"{'length':>8} {'accuracy %':>10} {'memory holds answer %':>21} {'n':>4} {'context tok/s':>13} "
-              f"{'seconds':>8} {'peak MB':>8} {'KV MB/doc':>9}")
+        metric = f"{rows[0]['metric']} %"
+        print(f"{'length':>8} {'accuracy %':>10} {metric:>12} {'memory holds answer %':>21} {'n':>4} "
+              f"{'context tok/s':>13} {'seconds':>8} {'peak MB':>8} {'KV MB/doc':>9}")
         for r in rows:
-            print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['memory_holds_answer']:21.1f} {r['n']:4d} "
-                  f"{r['context_tok_s']:13.0f} {r['seconds']:8.1f} {r['peak_mem_mb']:8.0f} {r['kv_mb']:9.2f}")
+            print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['metric_score']:12.1f} {r['memory_holds_answer']:21.1f} "
+                  f"{r['n']:4d} {r['context_tok_s']:13.0f} {r['seconds']:8.1f} {r['peak_mem_mb']:8.0f} "
+                  f"{r['kv_mb']:9.2f}")
         return
-    print("| length | n | MemAgent acc % | MemAgent s | MemAgent KV MB/doc | full attention acc % | "
-          "full attention s | full attention KV MB/doc |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    m = rows[0]["metric"]
+    print(f"| length | n | MemAgent acc % | MemAgent {m} % | MemAgent s | MemAgent KV MB/doc | full attention acc % | "
+          f"full attention {m} % | full attention s | full attention KV MB/doc |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        agent = f"| {r['length']} | {r['n']} | {r['accuracy']:.1f} | {r['seconds']:.1f} | {r['kv_mb']:.2f} |"
+        agent = (f"| {r['length']} | {r['n']} | {r['accuracy']:.1f} | {r['metric_score']:.1f} | {r['seconds']:.1f} | "
+                 f"{r['kv_mb']:.2f} |")
         if r["baseline_status"] == "ok":
             note = " (positions extrapolated)" if r["baseline_extrapolated"] else ""
-            print(agent + f" {r['baseline_accuracy']:.1f}{note} | {r['baseline_seconds']:.1f} | "
-                          f"{r['baseline_kv_mb']:.2f} |")
+            print(agent + f" {r['baseline_accuracy']:.1f}{note} | {r['baseline_metric_score']:.1f} | "
+                          f"{r['baseline_seconds']:.1f} | {r['baseline_kv_mb']:.2f} |")
         else:
-            print(agent + f" {r['baseline_status']} | - | - |")
+            print(agent + f" {r['baseline_status']} | - | - | - |")
 
 
 def print_decisions(rows):
@@ -379,7 +404,8 @@ def main(argv=None):
             trained_positions = b_model.config.max_position_embeddings
             if args.baseline_positions:
                 b_model.config.max_position_embeddings = args.baseline_positions
-            baseline = (b_model, b_tok, b_cfg.get("prompts", "compact") != "full",
+            b_prompts = "full" if isinstance(b_tok, HFTokenizer) else "compact"  # as agent_config picks
+            baseline = (b_model, b_tok, b_cfg.get("prompts", b_prompts) != "full",
                         b_cfg.get("answer_tokens", cfg.answer_tokens), trained_positions)
         rows = evaluate(model, tokenizer, cfg, args, lengths, baseline)
         if args.json:

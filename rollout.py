@@ -432,7 +432,7 @@ class DirectAnswer:
 
 
 def run_full_attention(model, tokenizer, samples, answer_tokens, compact, temperature=0.0, seed=0,
-                       max_positions=None):
+                       max_positions=None, top_p=1.0, top_k=0):
     """Answer each sample with the WHOLE document in the window: one prompt, one reply.
 
     A document whose prompt + answer budget exceeds max_positions is not run (fits=False): this is
@@ -450,7 +450,8 @@ def run_full_attention(model, tokenizer, samples, answer_tokens, compact, temper
         generator = torch.Generator(device=model.lm_head.weight.device)
         generator.manual_seed(seed)
         gens = generate(model, [prompts[i] for i in todo], max_new_tokens=answer_tokens,
-                        temperature=temperature, stop_ids=list(tokenizer.stop_ids), generator=generator)
+                        temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=list(tokenizer.stop_ids),
+                        generator=generator)
         for i, gen in zip(todo, gens):
             answer, reward = reply_text_and_reward(tokenizer, samples[i], gen)
             results[i] = DirectAnswer(prompt_ids=prompts[i], answer=answer, reward=reward, fits=True)

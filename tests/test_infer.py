@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import infer
+from memagent.reward import compute_reward
+from memagent.tasks import make_sample_retry
 from memagent.tokenizer import get_tokenizer
 from model import Qwen2, config_from_preset, load_checkpoint, save_checkpoint
 
@@ -84,6 +86,39 @@ def test_eval_counts_the_final_memories_that_hold_the_answer(ckpt, capsys, monke
     assert code == 0 and "memory holds answer %" in out and re.search(r"\b50\.0\b", out)
 
 
+def test_eval_reports_the_ruler_metric_and_how_much_of_a_multi_answer_memory_holds(ckpt, capsys, monkeypatch):
+    """A scripted agent: on niah_single_noise it boxes the answer inside a sentence in every other
+    document, which the reward (exact match) scores 0 and RULER's string_match_all 1: accuracy 0%,
+    match_all 50%. On vt (several references) its final memory holds 2 of them: 50% held, not 100%."""
+    from rollout import Rollout
+
+    def scripted_run_agent(model, tokenizer, samples, cfg, seed):
+        rollouts = []
+        for i, s in enumerate(samples):
+            answer = rf"\boxed{{the value is {s['answers'][0]}}}" if i % 2 == 0 else r"\boxed{nothing}"
+            rollouts.append(Rollout(sample=i, member=0, conversations=[], answer=answer,
+                                    reward=compute_reward(s["task"], answer, s["answers"]),
+                                    memories=[" " + " ".join(s["answers"][:2]) + "."]))
+        return rollouts
+
+    monkeypatch.setattr(infer, "run_agent", scripted_run_agent)
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300",
+                        "--n", "4", "--json"], capsys)
+    (row,) = json.loads(out)
+    assert code == 0 and (row["accuracy"], row["metric"], row["metric_score"]) == (0.0, "match_all", 50.0)
+    code, out, _ = run(["--ckpt", ckpt, "--task", "vt", "--eval", "--lengths", "600", "--n", "2", "--json"], capsys)
+    (row,) = json.loads(out)
+    n_refs = len(make_sample_retry("vt", 600, 1_000_000, infer.load_agent(ckpt, torch.device("cpu"),
+                                                                          torch.float32)[1])["answers"])
+    assert code == 0 and row["memory_holds_answer"] == pytest.approx(100 * 2 / n_refs)
+
+
+def test_eval_window_too_small_is_one_line(ckpt, capsys):
+    code, _, err = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "--n", "1",
+                        "--chunk-tokens", "5000"], capsys)
+    assert code == 2 and err.startswith("infer.py: error: window too small") and "Traceback" not in err
+
+
 def test_eval_beside_the_full_attention_baseline(ckpt, baseline, capsys):
     code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
                         "--n", "2", "--baseline", baseline, "--json"], capsys)
@@ -94,6 +129,17 @@ def test_eval_beside_the_full_attention_baseline(ckpt, baseline, capsys):
     code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "3k",
                         "--n", "1", "--baseline", baseline], capsys)
     assert "| 3000 | 1 |" in out and "beyond 2048 positions" in out
+
+
+def test_the_baseline_samples_as_the_agent_does(ckpt, baseline, capsys, monkeypatch):
+    """--temperature / --top-p / --top-k reach the full-attention baseline too (it decoded greedily
+    beside a sampling agent before)."""
+    seen, real = [], infer.run_full_attention
+    monkeypatch.setattr(infer, "run_full_attention", lambda *a, **k: seen.append(k) or real(*a, **k))
+    code, _, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--eval", "--lengths", "300", "--n", "1",
+                      "--baseline", baseline, "--temperature", "0.7", "--top-p", "0.9", "--top-k", "5", "--json"],
+                     capsys)
+    assert code == 0 and [(k["temperature"], k["top_p"], k["top_k"]) for k in seen] == [(0.7, 0.9, 5)]
 
 
 def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseline, capsys):
@@ -130,9 +176,9 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseli
     (lambda d: ["--task", "vt", "--eval", "--batch", "0"], "--n and --batch must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "0"], "--chunk-tokens must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "-5"], "--chunk-tokens must be >= 1"),
-    (lambda d: ["--task", "vt", "--temperature", "-1"], "--temperature must be >= 0"),
+    (lambda d: ["--task", "vt", "--temperature", "-1"], "--temperature must be 0 (greedy) or >= 0.001"),
     (lambda d: ["--task", "vt", "--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
-    (lambda d: ["--task", "vt", "--top-k", "-2"], "--top-k must be >= 0"),
+    (lambda d: ["--task", "vt", "--top-k", "-2"], "--top-k must be an integer >= 0"),
 ])
 def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
