@@ -338,9 +338,9 @@ def main(argv=None):
     src.add_argument("--seed", type=int, default=1_000_000, help="sample seed (held out from training)")
     ev = p.add_argument_group("evaluation table (--eval)")
     ev.add_argument("--eval", action="store_true", help="accuracy / speed / memory over --lengths")
-    ev.add_argument("--lengths", nargs="+", default=["1k", "4k", "16k", "64k"])
-    ev.add_argument("--n", type=int, default=16, help="documents per length")
-    ev.add_argument("--batch", type=int, default=8, help="documents read together")
+    ev.add_argument("--lengths", nargs="+", help="document lengths (default 1k 4k 16k 64k)")
+    ev.add_argument("--n", type=int, help="documents per length (default 16)")
+    ev.add_argument("--batch", type=int, help="documents read together (default 8)")
     ev.add_argument("--baseline", metavar="CKPT", help="a full-attention checkpoint (train.py --baseline) "
                                                        "to run on the same documents, side by side")
     ev.add_argument("--baseline-positions", type=int, metavar="N",
@@ -378,6 +378,13 @@ def main(argv=None):
         fail("--length sizes a generated --task sample; a --file is read whole")
     if args.eval and args.length is not None:
         fail("--eval reads --lengths (several); --length is for a single document")
+    given = [flag for flag, value in (("--lengths", args.lengths), ("--n", args.n), ("--batch", args.batch))
+             if value is not None]
+    if given and not args.eval:
+        fail(f"{', '.join(given)} go with --eval (a single run reads one document)")
+    args.lengths = args.lengths or ["1k", "4k", "16k", "64k"]
+    args.n = 16 if args.n is None else args.n
+    args.batch = 8 if args.batch is None else args.batch
     if args.n < 1 or args.batch < 1:
         fail(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
     # every length parsed before minutes of work on the first

@@ -952,6 +952,10 @@ class HotpotQA:
                     break  # this document would take us further from length
                 chosen.append(i)
                 total += n_doc
+            else:  # every paragraph of the file is in: short of the length, say so rather than return less
+                if total < 0.98 * length:
+                    raise ValueError(f"length={length} but {self.path} only has paragraphs for ~{total} tokens "
+                                     f"around question {qi}; ask for fewer tokens or use a bigger file")
         rng.shuffle(chosen)
         context = render_documents([paragraphs[i] for i in chosen])
         gold_titles = sorted({t for t, _ in item.get("supporting_facts", [])})

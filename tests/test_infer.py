@@ -173,6 +173,7 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseli
     (lambda d: ["--task", "vt", "--eval", "--file", str(d / "ok.txt"), "--question", "q"], "run --file without --eval"),
     (lambda d: ["--task", "vt", "--eval", "--length", "2k"], "--eval reads --lengths"),
     (lambda d: ["--task", "vt", "--eval", "--n", "0"], "--n and --batch must be >= 1"),
+    (lambda d: ["--task", "vt", "--n", "4", "--lengths", "1k"], "--lengths, --n go with --eval"),
     (lambda d: ["--task", "vt", "--eval", "--batch", "0"], "--n and --batch must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "0"], "--chunk-tokens must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "-5"], "--chunk-tokens must be >= 1"),

@@ -391,6 +391,8 @@ def test_load_hotpotqa_errors(tok, tmp_path):
         load_hotpotqa(str(path), length=1000)
     with pytest.raises(ValueError, match="only has"):
         load_hotpotqa(str(path), n_docs=100)
+    with pytest.raises(ValueError, match=r"length=100000 but .* only has paragraphs for ~\d+ tokens"):
+        load_hotpotqa(str(path), length=100_000, tokenizer=tok)  # 9 paragraphs cannot make 100K tokens
     with pytest.raises(FileNotFoundError):
         load_hotpotqa(str(tmp_path / "nope.json"), n_docs=5)
     path.write_text(json.dumps([{"question": "q", "context": []}]))
