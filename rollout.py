@@ -63,14 +63,14 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     return logits
 
 
-MIN_TEMPERATURE = 1e-3
+MIN_TEMPERATURE = 1e-6  # below it a sample is the argmax in all but name (and near 1e-37 logits / T overflows)
 
 
 def check_sampling(temperature, top_k, top_p):
     """Raise a clear error for sampling settings that have no meaning."""
     if not (temperature == 0 or temperature >= MIN_TEMPERATURE):
-        raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (smaller ones overflow "
-                         f"logits / temperature), got {temperature}")
+        raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (below that sampling is "
+                         f"greedy in all but name), got {temperature}")
     if not isinstance(top_k, Integral) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
     if not 0 < top_p <= 1:

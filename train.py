@@ -558,13 +558,14 @@ def save_state(cfg, model, tokenizer, optimizer, step, history):
 
 GEOMETRY_FIELDS = ("model", "init_from", "task", "chunk_tokens", "memory_tokens", "answer_tokens",
                    "vocab_size", "dtype", "prompts")
-# what --resume may change: how long to go on, evaluation, memory and speed knobs, and the warm
-# start's settings (it is over). Every other setting must be the checkpoint's, or the run would
-# not continue exactly (the data position, for one, depends on the seed and the batch sizes).
+# what --resume may change: how long to go on, evaluation (but with a data file --eval-n splits
+# it, so not there), and system knobs. Every other setting must be the checkpoint's, or the run
+# would not continue as it began (the data position, for one, depends on the seed and the batch
+# sizes; the KL reference on --sft-steps). --rollout-rows and --micro-batch split the batch
+# differently, so the draws (rollout rows) or the float rounding (micro-batches) may then differ
+# from an uninterrupted run's.
 RESUME_MAY_CHANGE = ("recipe", "rl_steps", "eval_scales", "eval_n", "out_dir", "device", "rollout_rows",
-                     "micro_batch", "grad_ckpt", "compile", "save_every", "resume", "baseline", "baseline_steps",
-                     "notes", "sft_steps", "sft_batch", "sft_lr", "short_chunk_steps", "short_chunk",
-                     "curriculum_keep", "curriculum_notes", "copy_gate", "copy_patience")
+                     "micro_batch", "grad_ckpt", "compile", "save_every", "resume", "baseline_steps")
 
 
 def load_state(cfg, model, optimizer):
@@ -576,15 +577,19 @@ def load_state(cfg, model, optimizer):
         if saved.get(name) != getattr(cfg, name):
             raise SystemExit(f"train.py: checkpoint {path} is incompatible: it was trained with "
                              f"{name}={saved.get(name)!r}, this run has {getattr(cfg, name)!r}")
+    may_change = [n for n in RESUME_MAY_CHANGE if not (n == "eval_n" and cfg.data)]
     changed = [f"--{f.name.replace('_', '-')} {saved[f.name]!r} (this run: {getattr(cfg, f.name)!r})"
-               for f in dataclasses.fields(cfg) if f.name not in RESUME_MAY_CHANGE and f.name in saved
+               for f in dataclasses.fields(cfg) if f.name not in may_change and f.name in saved
                and saved[f.name] != getattr(cfg, f.name)]
-    if state.get("world", WORLD) != WORLD:
-        changed.append(f"{state['world']} ranks (this run: {WORLD})")
     if changed:
-        raise SystemExit(f"train.py: --resume continues the run in {path} exactly, but it was trained with "
+        raise SystemExit(f"train.py: --resume continues the run in {path} as it began, but it was trained with "
                          f"{'; '.join(changed)}. Repeat its flags (only --rl-steps, evaluation and system "
-                         f"flags may change), or start a new run from its weights: --init-from {path}/model")
+                         f"flags may change), or start a new run from a copy of its weights in another "
+                         f"--out-dir (--init-from COPY of {path}/model)")
+    if state.get("world", WORLD) != WORLD:
+        raise SystemExit(f"train.py: --resume: the run in {path} was trained on {state['world']} ranks and this "
+                         f"one has {WORLD}; each rank's share of the prompts would change, so relaunch it "
+                         f"with {state['world']}")
     saved = load_hf(os.path.join(path, "model"), dtype=torch.float32, device=cfg.device)
     model.load_state_dict(saved.state_dict())
     optimizer.load_state_dict(state["optimizer"])
@@ -1049,8 +1054,10 @@ def collect_rollouts(cfg, model, tokenizer, data, step, data_round=0):
     Which prompts a draw gets: a generated task makes a fresh sample for every draw slot (step,
     draw, rank) by seed, so no two draws ever share one. A data file is read in order like a data
     loader: draw d of this step takes the batch_size questions after the data_round batches that
-    earlier draws consumed (so every question comes up once per epoch, whatever dynamic sampling
-    skipped; a resumed run recounts data_round from its history)."""
+    earlier draws consumed, so in one process every question comes up once per epoch, whatever
+    dynamic sampling skipped (a resumed run recounts data_round from its history). With several
+    ranks a round ends with the rank that drew most; the slots of ranks that stopped earlier are
+    skipped."""
     per_rank = cfg.batch_size // WORLD
     agent = agent_config(cfg, cfg.temperature)
     draws = []

@@ -763,18 +763,19 @@ def make_samples(task: str, length: int | None, n: int, seed: int, tokenizer,
         raise ValueError(f"n must be between 1 and 999999, got {n}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")  # (random.Random(-s) is random.Random(s))
-    samples, seen = [], set()
+    samples, seen, repeats = [], set(), 0
     for i in range(1_000_000):
-        if len(samples) == n:
+        if len(samples) == n or repeats == 1000:
             break
         sample = make_sample_retry(task, length, seed * 1_000_000 + i, tokenizer, n_docs=n_docs)
         signature = (sample["question"], tuple(sample["answers"]), sample["context"])
-        if signature not in seen:
+        repeats = repeats + 1 if signature in seen else 0  # repeats in a row
+        if not repeats:
             seen.add(signature)
             samples.append(sample)
-        elif i + 1 - len(samples) >= 1000:
-            raise ValueError(f"could not make {n} distinct {task} samples: the last 1000 seeds repeated "
-                             f"earlier documents")
+    if len(samples) < n:
+        raise ValueError(f"could not make {n} distinct {task} samples (made {len(samples)}; the last "
+                         f"{repeats} seeds repeated earlier documents)")
     return samples
 
 

@@ -177,7 +177,7 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseli
     (lambda d: ["--task", "vt", "--eval", "--batch", "0"], "--n and --batch must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "0"], "--chunk-tokens must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "-5"], "--chunk-tokens must be >= 1"),
-    (lambda d: ["--task", "vt", "--temperature", "-1"], "--temperature must be 0 (greedy) or >= 0.001"),
+    (lambda d: ["--task", "vt", "--temperature", "-1"], "--temperature must be 0 (greedy) or >= 1e-06"),
     (lambda d: ["--task", "vt", "--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (lambda d: ["--task", "vt", "--top-k", "-2"], "--top-k must be an integer >= 0"),
 ])

@@ -114,7 +114,7 @@ def test_recipes_and_overrides():
     (["--baseline", "--resume"], "no checkpoint to resume"),
     (["--chunk-tokens", "0"], "--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1"),
     (["--memory-tokens", "-3"], "must be >= 1"),
-    (["--temperature", "0"], "--temperature must be >= 0.001"),
+    (["--temperature", "0"], "--temperature must be >= 1e-06"),
     (["--grad-clip", "-1"], "--grad-clip must be >= 0 (0 = no clipping"),
     (["--overlong-buffer", "-1"], "--overlong-buffer must be >= 0"),
     (["--kl-coef", "-0.1"], "--kl-coef must be >= 0"),
@@ -711,7 +711,9 @@ def test_resume_continues_exactly(tok_dir, smoke_run):
     with pytest.raises(SystemExit) as e:
         run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--lr", "0.01", "--seed", "3"])
     assert "--lr 0.0005 (this run: 0.01); --seed 0 (this run: 3)" in str(e.value), str(e.value)
-    assert f"--init-from {split}/ckpt/model" in str(e.value)
+    assert f"--init-from COPY of {split}/ckpt/model" in str(e.value)
+    with pytest.raises(SystemExit, match="--sft-steps 4 \\(this run: 0\\)"):  # it picks the KL reference
+        run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--sft-steps", "0"])
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.5])
