@@ -1308,6 +1308,21 @@ def warn_if_no_copy(cfg, holds):
                f"so RL is unlikely to learn{hint}")
 
 
+def note_if_rl_flat(cfg, table, gain=0.2):
+    """A note when RL gained under `gain` (20 points) at the first eval length over the starting
+    policy: say it is the draw, and what to try. (On cpu-demo 7 of seeds 0-9 rose +57.8 to +84.4
+    points within 80 steps; seed 8 rose +23.4 and went on rising to 160 steps, seed 5 did not
+    rise, and no DAPO flag tried changed that: README, "Across seeds" and "DAPO ablations".)"""
+    start, end = table.get("warm start") or {}, table.get("RL") or {}
+    scale = next(iter(end), None)
+    if scale is None or start.get(scale) is None or end[scale] is None or end[scale] - start[scale] >= gain:
+        return
+    print0(f"note: RL gained {100 * (end[scale] - start[scale]):+.1f} points at {scale} over the starting "
+           f"policy. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw "
+           f"(on cpu-demo 7 of seeds 0-9 rose by 58 to 84 points in 80 steps; README, 'Across seeds'): "
+           f"continue it (--resume --rl-steps {2 * cfg.rl_steps}) or try another --seed")
+
+
 def print_table(table):
     scales = list(next(iter(table.values())).keys())
     print0("\n| policy | " + " | ".join(scales) + " |")
@@ -1441,6 +1456,7 @@ def main(argv=None):
         table["RL"], _ = evaluate(cfg, model, tokenizer, data, "RL")
     if table:
         print_table(table)
+        note_if_rl_flat(cfg, table)
     if RANK == 0:
         with open(table_path, "w") as f:
             json.dump(table, f, indent=2)

@@ -325,6 +325,19 @@ def test_evaluation_reports_what_the_final_memory_holds_and_warns_without_a_copy
     assert re.search(r"warning: .* 34% of documents at 4x: .*learn\n", capsys.readouterr().out)  # no --seed hint
 
 
+def test_a_flat_rl_run_ends_with_a_note(capsys):
+    """After the table: a note when RL gained under 20 points at the first length (oracle: the
+    hand-made tables below), silence when it rose or when there is nothing to compare."""
+    cfg = train.parse_args([])
+    train.note_if_rl_flat(cfg, {"warm start": {"1x": 0.172, "4x": 0.19}, "RL": {"1x": 0.156, "4x": 0.19}})
+    out = capsys.readouterr().out
+    assert "note: RL gained -1.6 points at 1x" in out and "--resume --rl-steps 160" in out
+    for table in ({"warm start": {"1x": 0.172}, "RL": {"1x": 0.984}}, {"warm start": {"1x": 0.2}},
+                  {"RL": {"1x": 0.1}}, {"warm start": {"1x": None}, "RL": {"1x": None}}):
+        train.note_if_rl_flat(cfg, table)
+        assert capsys.readouterr().out == ""
+
+
 def test_restated_notes_name_the_question_and_keep_a_random_digit(tok_dir):
     """--notes restate (niah_first_last, memory 6 tokens): each memory is
     " first: d." / " last: d." with the QUESTION's word and the digit of a needle already read;
