@@ -30,7 +30,7 @@ import time
 import torch
 
 from memagent.prompts import initial_memory
-from memagent.reward import EVAL_METRIC, REWARD_KIND, memory_holds, score_answer
+from memagent.reward import EVAL_METRIC, REWARD_KIND, eval_score, memory_holds, score_answer
 from memagent.tasks import TASKS, make_sample_retry, parse_length
 from memagent.tokenizer import HFTokenizer, load_tokenizer
 from model import check_device, load_checkpoint
@@ -214,7 +214,7 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
             for r in rollouts:
                 answers = batch[r.sample]["answers"]
                 rewards.append(r.reward)
-                metric.append(score_answer(r.answer, answers)[EVAL_METRIC[args.task]])
+                metric.append(eval_score(args.task, r.answer, answers))
                 held.append(holds_answer(r.memories[-1], args.task, answers))
                 read.append((batch[r.sample], r))
             if not args.json:
@@ -268,7 +268,7 @@ def run_baseline(baseline, samples, args, tokens):
     longest = max(len(a.prompt_ids) for a in answers) + answer_tokens if ok else 0
     return dict(baseline_status=status, baseline_extrapolated=longest > trained_positions,
                 baseline_accuracy=100 * sum(a.reward for a in answers) / len(answers) if ok else None,
-                baseline_metric_score=100 * sum(score_answer(a.answer, s["answers"])[EVAL_METRIC[args.task]]
+                baseline_metric_score=100 * sum(eval_score(args.task, a.answer, s["answers"])
                                                 for a, s in zip(answers, samples)) / len(answers) if ok else None,
                 baseline_seconds=seconds if ok else None,
                 baseline_tok_s=tokens / seconds if ok else None,

@@ -394,10 +394,10 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
                 prompts.append(final_turn_ids(tokenizer, problems[s], memory_ids[r], cfg.compact_prompts))
                 budgets.append(cfg.answer_tokens)
         generations = policy(prompts, budgets, stop_ids, cfg)
-        still_reading = []
         if len(generations) != len(prompts):
             raise ValueError(f"run_agent: the policy returned {len(generations)} generations for "
                              f"{len(prompts)} prompts")
+        still_reading = []
         for r, prompt, gen in zip(active, prompts, generations):
             rollout, s = rollouts[r], rollouts[r].sample
             is_final = turn == len(documents[s])

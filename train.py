@@ -1152,7 +1152,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
     group_ids = [gi for gi, g in enumerate(groups) for _ in g]  # (a sample index repeats across draws)
     adv = dapo.group_advantages(rewards, group_ids, norm_by_std=cfg.adv_std) if kept else torch.zeros(0)
     parts = [groups[i::cfg.mini_batches] for i in range(cfg.mini_batches)]  # mini-batches of groups
-    adv_of = {id(r): float(a) for r, a in zip(kept, adv)}
+    adv_of_conv = {id(c): float(a) for r, a in zip(kept, adv) for c in r.conversations}  # its rollout's
     # the old policy's log-probs, scored by the update's own forward before any update (as verl
     # recomputes them): the engine's (cached decode) agree to ~1e-6 in float32 but differ by up to
     # ~2e-2 a token in bf16, which would read as policy change (ratio != 1, clipping) before any
@@ -1172,14 +1172,12 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
              "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0, "response_tokens": 0.0}
     pg_loss, stepped, grad_norms = 0.0, 0, 0.0
     budget = max(cfg.memory_tokens, cfg.answer_tokens)
-    for mini, part in enumerate(parts):
-        convs = [(c, adv_of[id(r)]) for g in part for r in g for c in r.conversations]
+    for mini, convs in enumerate(part_convs):
         # normalizers of the whole mini-batch over all ranks: exact token-mean under accumulation
-        token_norm, seq_norm = all_sum([sum(len(c.response_ids) for c, _ in convs), len(convs)])
+        token_norm, seq_norm = all_sum([sum(len(c.response_ids) for c in convs), len(convs)])
         if token_norm == 0:  # no rank kept a group for this mini-batch: no optimizer step either
             continue
-        adv_of_conv = {id(c): a for c, a in convs}
-        for micro_convs in micro_batches([c for c, _ in convs], cfg.micro_batch):
+        for micro_convs in micro_batches(convs, cfg.micro_batch):
             micro = [(c, adv_of_conv[id(c)]) for c in micro_convs]
             with autocast(cfg):
                 # scored under the distribution the rollouts sampled from: softmax(logits / T); one

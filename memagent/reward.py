@@ -192,6 +192,15 @@ def score_answer(response: str, answers: list[str]) -> dict:
     }
 
 
+def eval_score(task: str, response: str, answers: list[str]) -> float:
+    """The task's evaluation metric (EVAL_METRIC) of one final reply.
+
+    >>> eval_score("niah_single_noise", r"\\boxed{The number is 1234567.}", ["1234567"])  # reward: 0
+    1.0
+    """
+    return score_answer(response, answers)[EVAL_METRIC[task]]
+
+
 def memory_holds(memory: str, values: list[str]) -> bool:
     """Whether a memory text holds one of `values` as whole words, both normalized as the reward
     normalizes answers (so " $3." holds "3", as \\boxed{$3} earns "3"'s reward): a diagnostic of

@@ -836,8 +836,9 @@ def load_jsonl(path) -> list[dict]:
         if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() for a in answers)):
             raise ValueError(f"{path}, line {lineno}: answers must be a non-empty list of non-empty strings "
                              f"(an empty one is in every reply), got {json.dumps(answers)[:60]}")
-        if not isinstance(sample.get("task", "hotpotqa"), str) or sample.get("task", "hotpotqa") not in REWARD_KIND:
-            raise ValueError(f"{path}, line {lineno}: unknown task {sample['task']!r} (it decides the "
+        task = sample.get("task", "hotpotqa")
+        if not isinstance(task, str) or task not in REWARD_KIND:
+            raise ValueError(f"{path}, line {lineno}: unknown task {task!r} (it decides the "
                              f"reward); known: {', '.join(sorted(REWARD_KIND))}")
         samples.append(sample)
     return samples
