@@ -2,10 +2,11 @@
 Measured speed of the sampling engine and of the agent.
 
   python bench.py                                  # tiny model, CPU-friendly sizes
-  python bench.py --model qwen-ish-0.5b --batch 16 --prompt-len 7000 --new-tokens 256   # on a GPU
+  python bench.py --model qwen-ish-0.5b --batch 1 16 64 --prompt-len 7000 --new-tokens 128   # on a GPU
+  python bench.py ... --cuda-graph                 # the same, decode steps replayed from a CUDA graph
   python bench.py --agent                          # the agent on documents of 1x, 4x, 16x, 64x length
   python bench.py --agent --model qwen-ish-0.5b --batch 16 --chunk-tokens 5000 --memory-tokens 1024 \
-      --answer-tokens 1024 --base-length 20000     # the paper's geometry, on a GPU
+      --answer-tokens 1024 --base-length 5000 --multiples 1 4 16 --cuda-graph   # the paper's geometry
 
 Prints prefill tokens/s, decode tokens/s (all rows together) and ms per decode step, peak memory,
 and for CUDA the decode bandwidth bound (a decode step must read every weight and each row's KV
@@ -16,6 +17,7 @@ Timings are wall clock after a warm-up run; compare figures only within one run 
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -38,12 +40,12 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_generate(model, batch, prompt_len, new_tokens, repeats=3):
+def bench_generate(model, batch, prompt_len, new_tokens, repeats=3, cuda_graph=False):
     """Time the prefill alone, then prefill + new_tokens decode steps; decode = difference."""
     device = model.lm_head.weight.device
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).tolist()
-    generate(model, prompts, max_new_tokens=4, temperature=1.0, seed=0)  # warm-up
+    generate(model, prompts, max_new_tokens=4, temperature=1.0, seed=0, cuda_graph=cuda_graph)  # warm-up
     if device.type == "cuda":  # this batch size's own peak (on the CPU: the process's high-water mark)
         torch.cuda.reset_peak_memory_stats()
     prefill_s, total_s = [], []
@@ -51,7 +53,8 @@ def bench_generate(model, batch, prompt_len, new_tokens, repeats=3):
         sync(device); t0 = time.perf_counter()
         generate(model, prompts, max_new_tokens=1, temperature=1.0, seed=0)
         sync(device); t1 = time.perf_counter()
-        generate(model, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=0)  # no stop ids: full length
+        # no stop ids: full length (with cuda_graph the capture is timed too: once per call, as in use)
+        generate(model, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=0, cuda_graph=cuda_graph)
         sync(device); t2 = time.perf_counter()
         prefill_s.append(t1 - t0); total_s.append(t2 - t1)
     prefill, total = min(prefill_s), min(total_s)
@@ -106,9 +109,11 @@ def bench_agent_one(args):
     length = args.base_length * args.agent_one
     samples = [make_sample(args.task, length, seed, tok) for seed in range(args.batch[0])]
     cfg = AgentConfig(chunk_tokens=args.chunk_tokens, memory_tokens=args.memory_tokens,
-                      answer_tokens=args.answer_tokens, compact_prompts=args.model in ("tiny", "small"))
+                      answer_tokens=args.answer_tokens, compact_prompts=args.model in ("tiny", "small"),
+                      cuda_graph=args.cuda_graph)
     warmup = [dict(s, context=tok.decode(tok.encode(s["context"])[:args.chunk_tokens])) for s in samples]
-    run_agent(model, tok, warmup, cfg, seed=0)  # one chunk each: warms up kernels and allocator
+    short = dataclasses.replace(cfg, memory_tokens=min(cfg.memory_tokens, 8), answer_tokens=min(cfg.answer_tokens, 8))
+    run_agent(model, tok, warmup, short, seed=0)  # one chunk each, short replies: warms up kernels
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device); t0 = time.perf_counter()
@@ -130,7 +135,8 @@ def bench_agent(args):
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# agent: {args.model}, {args.batch[0]} documents of {args.task}, chunk {args.chunk_tokens} / memory "
-          f"{args.memory_tokens} / answer {args.answer_tokens} tokens, on {name}")
+          f"{args.memory_tokens} / answer {args.answer_tokens} tokens, on {name}"
+          + (", decode from a CUDA graph" if args.cuda_graph else ""))
     print(f"{'x':>4} {'context tok':>12} {'turns':>5} {'seconds':>8} {'context tok/s':>13} "
           f"{'us/token':>9} {'vs 1x':>6} {'peak MB':>8}")
     base = None
@@ -157,6 +163,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bandwidth", type=float, default=3.35e12, help="bytes/s for the CUDA bound (H100 SXM)")
     p.add_argument("--json", action="store_true", help="print one JSON object per measurement")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="decode steps replayed from a CUDA graph (rollout.CudaGraphDecoder); CUDA only")
     agent = p.add_argument_group("agent mode: cost of reading documents of growing length")
     agent.add_argument("--agent", action="store_true", help="benchmark run_agent instead of generate")
     agent.add_argument("--task", default="niah_multikey")
@@ -179,6 +187,8 @@ def main():
         check_device(args.device)
     except ValueError as e:
         p.error(f"--device: {e}")
+    if args.cuda_graph and torch.device(args.device).type != "cuda":
+        p.error(f"--cuda-graph needs a CUDA device, got --device {args.device}")
     if args.new_tokens < 2:
         p.error(f"--new-tokens must be >= 2 (decode speed is timed over the steps after the first), "
                 f"got {args.new_tokens}")
@@ -196,11 +206,12 @@ def main():
         model = Qwen2(config_from_preset(args.model, vocab_size=args.vocab_size)).to(dtype).eval()
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     if not args.json:
-        print(f"# generate: {args.model} ({model.num_parameters() / 1e6:.1f}M params, {dtype}) on {name}")
+        print(f"# generate: {args.model} ({model.num_parameters() / 1e6:.1f}M params, {dtype}) on {name}"
+              + (", decode from a CUDA graph" if args.cuda_graph else ", eager decode"))
         print(f"{'batch':>5} {'prompt':>6} {'new':>4} {'prefill tok/s':>14} {'decode tok/s':>13} "
               f"{'ms/step':>8} {'peak MB':>8}" + (f" {'% of bound':>10}" if device.type == "cuda" else ""))
     for batch in args.batch:
-        r = bench_generate(model, batch, args.prompt_len, args.new_tokens)
+        r = bench_generate(model, batch, args.prompt_len, args.new_tokens, cuda_graph=args.cuda_graph)
         if device.type == "cuda":
             bound = decode_bound_tok_s(model, batch, args.prompt_len + args.new_tokens // 2, args.bandwidth)
             r["pct_of_bandwidth_bound"] = 100 * r["decode_tok_s"] / bound

@@ -91,7 +91,8 @@ def agent_config(args, train_cfg, tokenizer):
                            memory_tokens=pick("memory_tokens", defaults["memory_tokens"]),
                            answer_tokens=pick("answer_tokens", defaults["answer_tokens"]),
                            compact_prompts=prompts != "full",
-                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                           cuda_graph=args.cuda_graph)
     except ValueError as e:  # a budget below 1, a negative temperature, top_p outside (0, 1], ...
         fail("--" + str(e).replace("_", "-"))
 
@@ -354,6 +355,8 @@ def main(argv=None):
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each decode step from a CUDA graph (~5x faster decoding on a GPU; CUDA only)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--quiet", action="store_true", help="do not print the memory trace")
     args = p.parse_args(argv)
@@ -394,6 +397,8 @@ def main(argv=None):
         device = check_device(args.device)
     except ValueError as e:
         fail(f"--device: {e}")
+    if args.cuda_graph and device.type != "cuda":
+        fail(f"--cuda-graph needs a CUDA device, got --device {args.device}")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer, train_cfg = load_agent(args.ckpt, device, dtype)
     if train_cfg.get("baseline"):

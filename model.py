@@ -221,7 +221,13 @@ class Qwen2Attention(nn.Module):
             keys, values = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]  # (B, Hkv, L, D)
             slots = torch.arange(kv_len, device=x.device)
             mask = slots[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, L)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+            # GQA without copying the cache: query heads h = j*G .. j*G+G-1 share KV head j, so
+            # stack each group's G x T queries as one head's rows. (enable_gqa with a mask can
+            # fall back to a kernel that repeats K and V G times: G x the cache read a step.)
+            G = self.n_head // self.n_kv_head
+            q = q.reshape(B, self.n_kv_head, G * T, self.head_dim)  # (B, Hkv, G*T, D), row g*T + t
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.repeat(1, 1, G, 1))
+            y = y.reshape(B, self.n_head, T, self.head_dim)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.o_proj(y)
 

@@ -152,6 +152,7 @@ class TrainConfig:
     rollout_rows: int = 0  # most rows in one generate call (bounds the KV cache); 0 = all at once
     grad_ckpt: bool = False  # activation checkpointing
     compile: bool = False
+    cuda_graph: bool = False  # replay each decode step from a CUDA graph (rollout.CudaGraphDecoder)
     save_every: int = 20
     resume: bool = False
 
@@ -172,7 +173,7 @@ RECIPES = {
                   warmup_steps=20, weight_decay=0.01, clip_high=0.28, dynamic_sampling=True,
                   kl_coef=0.0, adv_std=True, overlong_buffer=0, rl_steps=400, sft_steps=0, short_chunk=0,
                   temperature=1.0,
-                  dtype="bfloat16", grad_ckpt=True, rollout_rows=64, eval_n=128, save_every=10),
+                  dtype="bfloat16", grad_ckpt=True, rollout_rows=64, cuda_graph=True, eval_n=128, save_every=10),
 }
 # the shipped MemAgent scripts: eps_high 0.20, KL 0.001 (k3), no std division, no dynamic sampling
 RECIPES["shipped"] = dict(RECIPES["paper"], clip_high=0.20, kl_coef=0.001, adv_std=False,
@@ -190,6 +191,9 @@ HELP = {
     "warmup_steps": "RL steps of linear LR warm-up (verl's unit: its scheduler steps once per RL step), then constant",
     "compile": "torch.compile model.forward, the call the sampling engine makes (prefill and decode); the "
                "training forward (hidden_states + logits) stays eager",
+    "cuda_graph": "rollouts and evaluation: capture a decode step once per generate call as a CUDA graph and "
+                  "replay it (on by the paper recipes; ignored off CUDA, with a note): the eager step's ~1000 "
+                  "kernel launches are what limits decoding there, not the GPU",
     "eval_scales": "multiples of the training length to evaluate at",
     "curriculum_keep": "memory targets of the copy curriculum's steps: latest (the newest notes) or reservoir "
                        "(a random subset, as in the later warm-start steps); both ignore the question",
@@ -427,7 +431,8 @@ def get_sample(cfg, tokenizer, data, index, scale=1.0):
 def agent_config(cfg, temperature):
     return AgentConfig(chunk_tokens=cfg.chunk_tokens, memory_tokens=cfg.memory_tokens,
                        answer_tokens=cfg.answer_tokens, compact_prompts=cfg.prompts == "compact",
-                       temperature=temperature, top_p=cfg.top_p, max_rows=cfg.rollout_rows)
+                       temperature=temperature, top_p=cfg.top_p, max_rows=cfg.rollout_rows,
+                       cuda_graph=cfg.cuda_graph and torch.device(cfg.device).type == "cuda")
 
 
 # -----------------------------------------------------------------------------
@@ -565,7 +570,7 @@ GEOMETRY_FIELDS = ("model", "init_from", "task", "chunk_tokens", "memory_tokens"
 # differently, so the draws (rollout rows) or the float rounding (micro-batches) may then differ
 # from an uninterrupted run's.
 RESUME_MAY_CHANGE = ("recipe", "rl_steps", "eval_scales", "eval_n", "out_dir", "device", "rollout_rows",
-                     "micro_batch", "grad_ckpt", "compile", "save_every", "resume", "baseline_steps")
+                     "micro_batch", "grad_ckpt", "compile", "cuda_graph", "save_every", "resume", "baseline_steps")
 
 
 def load_state(cfg, model, optimizer):
@@ -1126,9 +1131,15 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
     data_round: rollout batches of a data file consumed by the earlier steps (collect_rollouts)."""
     t0 = time.time()
     model.eval()
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if on_cuda:  # peak memory of each phase, to set against the memory plan printed at start
+        torch.cuda.reset_peak_memory_stats()
     groups, (with_signal, drawn), first, generated, draws = collect_rollouts(cfg, model, tokenizer, data,
                                                                              step, data_round)
     t_rollout = time.time() - t0
+    if on_cuda:
+        peak_rollout = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
 
     # rollout metrics of the first draw: an unbiased view of the current policy
     rollouts = first
@@ -1227,6 +1238,9 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
                    groups=int(totals[-1]), grad_norm=grad_norms / max(stepped, 1))
     metrics.update(time_rollout=t_rollout, time_update=t_update, lr=warmup_lr(cfg, step, cfg.mini_batches - 1),
                    tokens_per_s=sums[9] / max(t_rollout, 1e-9), trained_tokens=trained_tokens)
+    if on_cuda:  # GiB allocated at the phase's high-water mark, the most of any rank
+        metrics.update(peak_gib_rollout=all_max(peak_rollout),
+                       peak_gib_update=all_max(torch.cuda.max_memory_allocated() / 2**30))
     return metrics
 
 
@@ -1362,6 +1376,8 @@ def main(argv=None):
         print0("note: the paper starts RL from an instruct model: pass --init-from DIR (HF Qwen2)")
     if cfg.recipe in ("paper", "shipped") and cfg.device == "cpu":
         print0("note: the paper's geometry on the CPU: one RL step takes hours; it is meant for a GPU")
+    if cfg.cuda_graph and torch.device(cfg.device).type != "cuda":
+        print0(f"note: --cuda-graph needs a CUDA device; decoding eagerly on {cfg.device}")
     data = load_data(cfg)
     model, tokenizer = build_model(cfg)
     geometry_check(cfg, model, tokenizer, data)
@@ -1435,7 +1451,8 @@ def main(argv=None):
                f"{metrics['clip_frac_high']:.3f} | kl {metrics['approx_kl']:.4f} | ent "
                f"{metrics['entropy']:.3f} | gnorm {metrics['grad_norm']:.2f} | rollout "
                f"{metrics['time_rollout']:.1f}s update {metrics['time_update']:.1f}s | "
-               f"{metrics['tokens_per_s']:.0f} tok/s")
+               f"{metrics['tokens_per_s']:.0f} tok/s" + (f" | peak GiB {metrics['peak_gib_rollout']:.1f}/"
+               f"{metrics['peak_gib_update']:.1f}" if "peak_gib_update" in metrics else ""))
         if RANK == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")

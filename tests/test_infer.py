@@ -196,6 +196,11 @@ def test_cuda_without_cuda_is_one_line(ckpt, capsys):
     assert code == 2 and "this torch has no CUDA device" in err
 
 
+def test_cuda_graph_off_cuda_is_one_line(ckpt, capsys):
+    code, _, err = run(["--ckpt", ckpt, "--task", "vt", "--device", "cpu", "--cuda-graph"], capsys)
+    assert code == 2 and "--cuda-graph needs a CUDA device" in err and "Traceback" not in err
+
+
 def test_an_agent_checkpoint_is_not_a_baseline(ckpt, capsys):
     code, _, err = run(["--ckpt", ckpt, "--task", "vt", "--eval", "--lengths", "300", "--baseline", ckpt], capsys)
     assert code == 2 and "is a memory agent's checkpoint, not a full-attention one" in err

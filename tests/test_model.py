@@ -166,7 +166,10 @@ def tiny_model(seed=0, vocab=101):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_cached_decoding_matches_full_forward_ragged_batch(device):
+@pytest.mark.parametrize("whole_cache", [False, True])
+def test_cached_decoding_matches_full_forward_ragged_batch(device, whole_cache):
+    """whole_cache: every decode step attends over all 40 slots (the CUDA-graph decoder's static
+    shape), the slots no row has written yet holding garbage: the mask must hide them exactly."""
     model = tiny_model().to(device)
     atol = 1e-5 if device == "cpu" else 1e-4  # GPU kernels differ between cached and uncached shapes
     g = torch.Generator().manual_seed(0)
@@ -177,6 +180,8 @@ def test_cached_decoding_matches_full_forward_ragged_batch(device):
     for b, n in enumerate(prompt_lens):
         idx[b, :n] = seqs[b][:n]
     cache = model.new_cache(B, 40)
+    if whole_cache:
+        cache.k.normal_(), cache.v.normal_()
     with torch.no_grad():
         lengths = torch.tensor(prompt_lens, device=device)
         prefill = model(idx, cache=cache, logits_index=lengths - 1)  # (B, V)
@@ -187,7 +192,7 @@ def test_cached_decoding_matches_full_forward_ragged_batch(device):
         for step in range(steps):
             tok = torch.stack([seqs[b][prompt_lens[b] + step] for b in range(B)])[:, None]  # (B, 1)
             pos = (lengths + step)[:, None]
-            out = model(tok, cache=cache, positions=pos, kv_len=T + step + 1)[:, -1]
+            out = model(tok, cache=cache, positions=pos, kv_len=40 if whole_cache else T + step + 1)[:, -1]
             for b in range(B):
                 assert torch.allclose(out[b], ref[b][prompt_lens[b] + step], atol=atol), (b, step)
 
@@ -237,6 +242,41 @@ def test_shared_prefill_equals_a_prefill_per_row(device, temperature):
         assert s.logprobs == pytest.approx(e.logprobs, abs=1e-5 if device == "cpu" else 1e-4)
     if temperature > 0:  # rows sharing a prefill still draw their own tokens
         assert len({tuple(shared[i].tokens) for i in (0, 2, 3, 6)}) > 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cuda_graph_decoding_equals_eager(temperature):
+    """The graph replays the eager step over the whole cache: same seed, same tokens, same log-probs."""
+    model = tiny_model(seed=4).to("cuda")
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 101, (n,), generator=g).tolist() for n in (6, 15, 2, 6)]
+    kwargs = dict(max_new_tokens=[20, 7, 20, 13], temperature=temperature, seed=5, stop_ids=[3])
+    eager = generate(model, prompts, **kwargs)
+    graph = generate(model, prompts, cuda_graph=True, **kwargs)
+    for e, c in zip(eager, graph):
+        assert c.tokens == e.tokens and c.stop_reason == e.stop_reason
+        assert c.logprobs == pytest.approx(e.logprobs, abs=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_decoding_under_autocast_scores_like_a_fresh_forward():
+    """train.py's mixed precision: fp32 weights, bf16 autocast, captured with the cast cache off.
+    Oracle: each row's prompt + reply scored in one uncached forward under the same autocast."""
+    model = tiny_model(seed=6).to("cuda")
+    prompts = [[3, 4, 5, 6, 7], [9, 8], [1, 2, 3, 4, 5, 6, 7, 8]]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        gens = generate(model, prompts, max_new_tokens=12, temperature=1.0, seed=0, cuda_graph=True)
+        for p, gen in zip(prompts, gens):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([p + gen.tokens], device="cuda"))[0].float(), dim=-1)
+            expected = [logp[len(p) - 1 + i, t].item() for i, t in enumerate(gen.tokens)]
+            assert gen.logprobs == pytest.approx(expected, abs=3e-2)
+
+
+def test_cuda_graph_needs_a_cuda_model():
+    with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
+        generate(tiny_model(), [[1, 2]], max_new_tokens=3, cuda_graph=True)
 
 
 def test_batched_greedy_equals_one_at_a_time():

@@ -674,14 +674,18 @@ def test_smoke_pipeline_writes_everything(smoke_run):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_smoke_pipeline_on_cuda_in_mixed_precision(tok_dir):
-    """The GPU path of the paper recipe in miniature: bf16 autocast, activation checkpointing and
-    sliced rollouts on CUDA; the checkpoint keeps float32 weights."""
+    """The GPU path of the paper recipe in miniature: bf16 autocast, activation checkpointing,
+    sliced rollouts and CUDA-graph decoding on CUDA; the checkpoint keeps float32 weights."""
     from safetensors.torch import load_file
     out = fresh_out(tok_dir, "cuda")
     table = run_main(["--recipe", "smoke", "--out-dir", out, "--device", "cuda", "--dtype", "bfloat16",
-                      "--grad-ckpt", "--rollout-rows", "3", "--kl-coef", "0.001"])
+                      "--grad-ckpt", "--rollout-rows", "3", "--kl-coef", "0.001", "--cuda-graph"])
     assert set(table) == {"warm start", "RL"}
-    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    # each phase's measured peak: at least the fp32 weights + AdamW's two moments (+ grads in the update)
+    state_gib = 12 * sum(w.numel() for w in load_file(os.path.join(out, "rl", "model.safetensors")).values()) / 2**30
+    assert all(r["peak_gib_rollout"] >= state_gib and r["peak_gib_update"] >= state_gib for r in rows[1:])
     weights = load_file(os.path.join(out, "rl", "model.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())
 
