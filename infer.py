@@ -259,7 +259,7 @@ def run_baseline(baseline, samples, args, tokens):
         for start in range(0, len(samples), args.batch):
             answers += run_full_attention(model, tokenizer, samples[start:start + args.batch],
                                           answer_tokens, compact, temperature=args.temperature, seed=args.seed,
-                                          top_p=args.top_p, top_k=args.top_k)
+                                          top_p=args.top_p, top_k=args.top_k, cuda_graph=args.cuda_graph)
     except torch.cuda.OutOfMemoryError:
         status = "out of memory"
     seconds = time.perf_counter() - t0

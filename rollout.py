@@ -110,7 +110,10 @@ class CudaGraphDecoder:
     step attends over all cache slots (kv_len = the cache length; the mask hides the slots past
     each row's position, so the result is the eager step's). Capture runs inside torch.autocast
     with its weight-cast cache off when autocast is on: a cached cast is freed when the caller's
-    autocast exits, and a graph that read it would read freed memory.
+    autocast exits, and a graph that read it would read freed memory. Costs: under autocast every
+    replay casts the fp32 weights to bf16 again, and each capture syncs, collects garbage and
+    empties torch's allocator cache (torch.cuda.graph does): once per call, next to a turn's
+    hundreds of steps.
     """
 
     def __init__(self, model, cache):
@@ -485,7 +488,7 @@ class DirectAnswer:
 
 
 def run_full_attention(model, tokenizer, samples, answer_tokens, compact, temperature=0.0, seed=0,
-                       max_positions=None, top_p=1.0, top_k=0):
+                       max_positions=None, top_p=1.0, top_k=0, cuda_graph=False):
     """Answer each sample with the WHOLE document in the window: one prompt, one reply.
 
     A document whose prompt + answer budget exceeds max_positions is not run (fits=False): this is
@@ -504,7 +507,7 @@ def run_full_attention(model, tokenizer, samples, answer_tokens, compact, temper
         generator.manual_seed(seed)
         gens = generate(model, [prompts[i] for i in todo], max_new_tokens=answer_tokens,
                         temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=list(tokenizer.stop_ids),
-                        generator=generator)
+                        generator=generator, cuda_graph=cuda_graph)
         for i, gen in zip(todo, gens):
             answer, reward = reply_text_and_reward(tokenizer, samples[i], gen)
             results[i] = DirectAnswer(prompt_ids=prompts[i], answer=answer, reward=reward, fits=True)

@@ -428,11 +428,16 @@ def get_sample(cfg, tokenizer, data, index, scale=1.0):
         raise SystemExit(f"train.py: cannot make a {cfg.task} sample: {e}")
 
 
+def use_cuda_graph(cfg):
+    """--cuda-graph applies on a CUDA device only (elsewhere main prints a note and decodes eagerly)."""
+    return cfg.cuda_graph and torch.device(cfg.device).type == "cuda"
+
+
 def agent_config(cfg, temperature):
     return AgentConfig(chunk_tokens=cfg.chunk_tokens, memory_tokens=cfg.memory_tokens,
                        answer_tokens=cfg.answer_tokens, compact_prompts=cfg.prompts == "compact",
                        temperature=temperature, top_p=cfg.top_p, max_rows=cfg.rollout_rows,
-                       cuda_graph=cfg.cuda_graph and torch.device(cfg.device).type == "cuda")
+                       cuda_graph=use_cuda_graph(cfg))
 
 
 # -----------------------------------------------------------------------------
@@ -1269,7 +1274,8 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
         if full_attention:
             with autocast(cfg):
                 answers = run_full_attention(model, tokenizer, samples, cfg.answer_tokens,
-                                             cfg.prompts == "compact", max_positions=cfg.window or None)
+                                             cfg.prompts == "compact", max_positions=cfg.window or None,
+                                             cuda_graph=use_cuda_graph(cfg))
             rewards = [a.reward for a in answers if a.fits]
             fits, total = all_sum([len(rewards), len(samples)])
             if fits < total:  # part of a length beyond the window is no score at all
@@ -1376,7 +1382,7 @@ def main(argv=None):
         print0("note: the paper starts RL from an instruct model: pass --init-from DIR (HF Qwen2)")
     if cfg.recipe in ("paper", "shipped") and cfg.device == "cpu":
         print0("note: the paper's geometry on the CPU: one RL step takes hours; it is meant for a GPU")
-    if cfg.cuda_graph and torch.device(cfg.device).type != "cuda":
+    if cfg.cuda_graph and not use_cuda_graph(cfg):
         print0(f"note: --cuda-graph needs a CUDA device; decoding eagerly on {cfg.device}")
     data = load_data(cfg)
     model, tokenizer = build_model(cfg)
