@@ -18,8 +18,8 @@ trainer does not divide by these: it recomputes the "old policy" log-probs with 
 is not in either: with top_p < 1 a token is drawn from the truncated distribution but scored under
 the whole one, as verl scores vLLM's samples (training uses neither: design.md, top-p 1.0).
 
-Speed on a GPU: an eager decode step of a 24-layer model launches ~1000 small kernels, and the
-CPU issuing them, not the GPU, sets the pace (measured on an H100: ~29 ms a step for qwen-ish-0.5b
+Speed on a GPU: an eager decode step of a 24-layer model is over a thousand small operations, and
+the CPU issuing them, not the GPU, sets the pace (measured on an H100: ~29 ms a step for qwen-ish-0.5b
 whether 1 or 16 rows decode). `cuda_graph=True` records one decode step as a CUDA graph once per
 call and replays it every step (gpt-fast's trick); the static cache makes that possible, since a
 replay must see the same tensors at the same addresses: `CudaGraphDecoder` below.

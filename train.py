@@ -192,7 +192,7 @@ HELP = {
     "compile": "torch.compile model.forward, the call the sampling engine makes (prefill and decode); the "
                "training forward (hidden_states + logits) stays eager",
     "cuda_graph": "rollouts and evaluation: capture a decode step once per generate call as a CUDA graph and "
-                  "replay it (on by the paper recipes; ignored off CUDA, with a note): the eager step's ~1000 "
+                  "replay it (on by the paper recipes; ignored off CUDA, with a note): the eager step's thousand-odd "
                   "kernel launches are what limits decoding there, not the GPU",
     "eval_scales": "multiples of the training length to evaluate at",
     "curriculum_keep": "memory targets of the copy curriculum's steps: latest (the newest notes) or reservoir "
