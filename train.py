@@ -313,9 +313,11 @@ def parse_args(argv=None):
     if cfg.rollout_rows < 0:
         parser.error(f"--rollout-rows must be >= 0 (0 = all rows in one call), not {cfg.rollout_rows}")
     try:
-        [float(s) for s in cfg.eval_scales.split(",")]
+        scales = [float(s) for s in cfg.eval_scales.split(",")]
     except ValueError:
         parser.error(f"--eval-scales {cfg.eval_scales!r}: expected numbers like 1,4,16,64")
+    if not all(0 < s < float("inf") for s in scales):  # (checked here, not after the training it follows)
+        parser.error(f"--eval-scales {cfg.eval_scales!r}: each multiple of the training length must be > 0")
     return cfg
 
 
@@ -491,6 +493,12 @@ def geometry_check(cfg, model, tokenizer, data):
     if window > positions:
         raise SystemExit(f"train.py: --window {window} exceeds the model's {positions} positions")
     sample = get_sample(cfg, tokenizer, data, 0)
+    smallest = min(float(s) for s in cfg.eval_scales.split(","))
+    if cfg.eval_n and smallest < 1:  # a too-short evaluation document fails here, not after training
+        try:
+            get_sample(cfg, tokenizer, data, EVAL_SEED, smallest)
+        except SystemExit as e:
+            raise SystemExit(f"{e} (at --eval-scales {smallest:g}: raise the smallest scale)")
     problem, document = len(tokenizer.encode(sample["question"])), len(tokenizer.encode(sample["context"]))
     try:
         need = check_window(tokenizer, [problem + 8], agent_config(cfg, 1.0), window)

@@ -128,6 +128,9 @@ def test_recipes_and_overrides():
     (["--dual-clip", "0.5"], "--dual-clip must be > 1"),
     (["--group-size", "1"], "--group-size must be >= 2 for RL"),
     (["--device", "gpu"], "--device: unknown device 'gpu'"),
+    (["--eval-scales", "1,x"], "expected numbers like 1,4,16,64"),
+    (["--eval-scales", "0"], "each multiple of the training length must be > 0"),
+    (["--eval-scales", "1,-4"], "each multiple of the training length must be > 0"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -141,6 +144,16 @@ def test_window_too_small_is_a_clear_error(tok_dir):
     with pytest.raises(SystemExit) as e:
         run_main(["--recipe", "smoke", "--out-dir", out, "--window", "120"])
     assert "window too small" in str(e.value) and str(e.value).startswith("train.py:")
+
+
+def test_too_short_evaluation_documents_are_refused_before_training(tok_dir):
+    """A scale whose documents cannot hold the task's needles fails at the start, not after the
+    warm start and RL it would otherwise follow."""
+    out = fresh_out(tok_dir, "scales")
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--out-dir", out, "--eval-scales", "0.01,1"])
+    assert "--eval-scales 0.01" in str(e.value) and "too small" in str(e.value)
+    assert not os.path.exists(os.path.join(out, "warmstart"))
 
 
 # -----------------------------------------------------------------------------
