@@ -274,6 +274,36 @@ def test_cuda_graph_decoding_under_autocast_scores_like_a_fresh_forward():
             assert gen.logprobs == pytest.approx(expected, abs=3e-2)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_and_prefill_attention_run_on_the_flash_kernel(device):
+    """The paper recipe's flash attention: under bf16 autocast (train.py's mixed precision) the causal
+    attention of training (with activation checkpointing), scoring and prefill must be eligible for
+    SDPA's FlashAttention kernel; with only that backend allowed, SDPA raises instead of falling back
+    to another (on CUDA; the CPU's flash kernel takes masks too, so there this only runs the path).
+    Oracle: the same computations on the math kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    model = tiny_model(seed=2).to(device).train()
+    model.gradient_checkpointing = True
+    idx = torch.randint(1, 101, (3, 40), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def run(backend):
+        model.zero_grad()
+        with sdpa_kernel([backend]), torch.autocast(device, dtype=torch.bfloat16):
+            logits = model(idx[:, :-1])  # (B, T, V)
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten())
+            loss.backward()  # (inside: the checkpointed blocks recompute on the same kernel)
+            with torch.no_grad():
+                cache = model.new_cache(3, 48)
+                last = model(idx, cache=cache, logits_index=torch.full((3,), 39, device=device))  # (B, V)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return loss.item(), grads, last.float(), cache.k.float()
+
+    flash, math = run(SDPBackend.FLASH_ATTENTION), run(SDPBackend.MATH)
+    assert flash[0] == pytest.approx(math[0], abs=1e-2)
+    for f, m in zip(flash[1:], math[1:]):
+        torch.testing.assert_close(f, m, atol=5e-2, rtol=5e-2)
+
+
 def test_cuda_graph_needs_a_cuda_model():
     with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
         generate(tiny_model(), [[1, 2]], max_new_tokens=3, cuda_graph=True)
