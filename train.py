@@ -219,6 +219,11 @@ HELP = {
 }
 
 
+def eval_scales(cfg):
+    """--eval-scales as numbers: "1,4,16,64" -> [1.0, 4.0, 16.0, 64.0]."""
+    return [float(s) for s in cfg.eval_scales.split(",")]
+
+
 def sized_in_docs(cfg):
     """Whether --n-docs sizes this run's documents: the paragraphs of hotpot_synth or a HotpotQA .json."""
     return bool(cfg.n_docs) and (cfg.data.endswith(".json") if cfg.data else cfg.task == "hotpot_synth")
@@ -313,7 +318,7 @@ def parse_args(argv=None):
     if cfg.rollout_rows < 0:
         parser.error(f"--rollout-rows must be >= 0 (0 = all rows in one call), not {cfg.rollout_rows}")
     try:
-        scales = [float(s) for s in cfg.eval_scales.split(",")]
+        scales = eval_scales(cfg)
     except ValueError:
         parser.error(f"--eval-scales {cfg.eval_scales!r}: expected numbers like 1,4,16,64")
     if not all(0 < s < float("inf") for s in scales):  # (checked here, not after the training it follows)
@@ -493,7 +498,7 @@ def geometry_check(cfg, model, tokenizer, data):
     if window > positions:
         raise SystemExit(f"train.py: --window {window} exceeds the model's {positions} positions")
     sample = get_sample(cfg, tokenizer, data, 0)
-    smallest = min(float(s) for s in cfg.eval_scales.split(","))
+    smallest = min(eval_scales(cfg))
     if cfg.eval_n and smallest < 1:  # a too-short evaluation document fails here, not after training
         try:
             get_sample(cfg, tokenizer, data, EVAL_SEED, smallest)
@@ -1272,7 +1277,7 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
     fit gets None."""
     model.eval()
     results, holds = {}, {}
-    scales = [float(s) for s in cfg.eval_scales.split(",")]
+    scales = eval_scales(cfg)
     if data is not None and not isinstance(data, tasks.HotpotQA):
         scales = [1.0]  # a JSONL file has its own lengths
     for scale in scales:
@@ -1338,15 +1343,17 @@ def note_if_rl_flat(cfg, table, gain=0.2):
     """A note when RL gained under `gain` (20 points) at the first eval length over the starting
     policy: say it is the draw, and what to try. (On cpu-demo 7 of seeds 0-9 rose +57.8 to +84.4
     points within 80 steps; seed 8 rose +23.4 and went on rising to 160 steps, seed 5 did not
-    rise, and no DAPO flag tried changed that: README, "Across seeds" and "DAPO ablations".)"""
+    rise, and no DAPO flag tried changed that, nor did two more RL draws from the warm starts of
+    seeds 5 and 8: README, "Across seeds" and "DAPO ablations".)"""
     start, end = table.get("warm start") or {}, table.get("RL") or {}
     scale = next(iter(end), None)
     if scale is None or start.get(scale) is None or end[scale] is None or end[scale] - start[scale] >= gain:
         return
     print0(f"note: RL gained {100 * (end[scale] - start[scale]):+.1f} points at {scale} over the starting "
-           f"policy. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw "
-           f"(on cpu-demo 7 of seeds 0-9 rose by 58 to 84 points in 80 steps; README, 'Across seeds'): "
-           f"continue it (--resume --rl-steps {2 * cfg.rl_steps}) or try another --seed")
+           f"policy. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw, "
+           f"its warm start most (on cpu-demo 7 of seeds 0-9 rose by 58 to 84 points in 80 steps; README, "
+           f"'Across seeds'): continue it (--resume --rl-steps {2 * cfg.rl_steps}) or try another --seed "
+           f"(without --init-from: a new warm start)")
 
 
 def print_table(table):
