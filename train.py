@@ -106,6 +106,7 @@ class TrainConfig:
     curriculum_notes: str = ""  # the curriculum's notes: "" = --notes, or one of its choices (see warm_start)
     copy_gate: float = 0.75  # the curriculum goes on until the agent copies this fraction of documents (warm_start)
     copy_patience: int = 300  # at most this many added curriculum steps
+    sft_replace: float = 0.0  # after the curriculum: a new fact replaces a full memory with this probability (0 = reservoir)
     # RL (DAPO)
     rl_steps: int = 80
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
@@ -201,6 +202,9 @@ HELP = {
                  "--copy-patience) until the greedy agent's final memory is exactly the curriculum's target "
                  "(the newest note) in at least this fraction of 64 held-out curriculum documents; 0 = off",
     "copy_patience": "most curriculum steps the copy gate may add (default 300)",
+    "sft_replace": "warm start after the copy curriculum: a new fact replaces the note of a full memory with "
+                   "this probability (a sticky coin; still question-agnostic); 0 = reservoir sampling "
+                   "(probability capacity / facts seen: a uniform random subset)",
     "curriculum_notes": "notes of the copy curriculum's memory targets (default: --notes). digits: on cpu-demo "
                         "the copy formed at the gate for seeds 0, 3, 6 and 9 (with value notes, for seed 0 "
                         "only; EXPERIMENTS.md, session 21)",
@@ -262,6 +266,8 @@ def parse_args(argv=None):
         parser.error(f"--curriculum-keep must be latest or reservoir, not {cfg.curriculum_keep!r}")
     if not 0 <= cfg.copy_gate <= 1:
         parser.error(f"--copy-gate {cfg.copy_gate} must be a fraction of documents in [0, 1] (0 = off)")
+    if not 0 <= cfg.sft_replace <= 1:
+        parser.error(f"--sft-replace {cfg.sft_replace} must be a probability in [0, 1] (0 = reservoir sampling)")
     if cfg.copy_patience < 0:
         parser.error(f"--copy-patience {cfg.copy_patience} must be >= 0 (0 = off)")
     for flag, notes in (("--notes", cfg.notes), ("--curriculum-notes", cfg.curriculum_notes or cfg.notes)):
@@ -767,12 +773,14 @@ def sample_facts(sample, tokenizer, chunks, notes="keyed"):
     return [[note for _, note in sorted(found)] for found in per_chunk]
 
 
-def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir"):
+def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir", replace=0.0):
     """[(prompt_ids, reply_ids)] for one sample: its K memory turns and the final turn.
 
     Memory turns: as many notes as fit the memory budget, chosen whatever the question asks: with
     keep="reservoir", reservoir sampling over the notes seen so far (a uniform random subset); with
     keep="latest", the newest ones (no randomness: the copy curriculum's targets, see warm_start).
+    replace > 0 swaps reservoir's probability (capacity / seen) for a fixed one: a sticky coin,
+    under which a full memory keeps its notes against each new fact with probability 1 - replace.
     Final turn: keyed notes (" bold: 7.") box the asked value(s) if the memory holds them, else
     "unknown"; value and restated notes (" 7.", " last: 7.") carry no needle key to check, so it
     boxes the value the memory holds. Either way the warm start learns to answer from its memory,
@@ -794,7 +802,7 @@ def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir"):
                 memory = (memory + [fact])[-capacity:]
             elif len(memory) < capacity:  # reservoir sampling: a uniform random subset of the facts seen
                 memory.append(fact)
-            elif rng.random() < capacity / seen:
+            elif rng.random() < (replace or capacity / seen):
                 memory[rng.randrange(capacity)] = fact
         reply = tokenizer.render_reply("".join(memory) if memory else initial_memory(compact))
         reply = reply[:cfg.memory_tokens]
@@ -943,11 +951,12 @@ def curriculum_conversations(cfg, tokenizer, data, index, rng, step):
     cfg.short_chunk_steps, the sample at short_chunk / chunk_tokens of the training length read in
     chunks of cfg.short_chunk tokens (as many chunks and needles, a third of the tokens) with
     memory targets chosen by cfg.curriculum_keep; after, the training geometry itself with
-    reservoir targets. A user's data file is never shrunk (only generated tasks are)."""
+    reservoir targets (or --sft-replace's sticky coin). A user's data file is never shrunk (only generated tasks are)."""
     if in_copy_curriculum(cfg, data, step):
         sample = get_sample(cfg, tokenizer, data, index, scale=cfg.short_chunk / cfg.chunk_tokens)
         return warm_start_conversations(sample, tokenizer, curriculum_config(cfg), rng, keep=cfg.curriculum_keep)
-    return warm_start_conversations(get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng)
+    return warm_start_conversations(get_sample(cfg, tokenizer, data, index), tokenizer, cfg, rng,
+                                    replace=cfg.sft_replace)
 
 
 def warm_start(cfg, model, tokenizer, data):

@@ -303,6 +303,41 @@ def test_latest_targets_keep_the_newest_needle_read(tok_dir):
     assert 0.12 < kept_number / n < 0.40, kept_number / n
 
 
+def test_sticky_coin_targets_replace_a_full_memory_with_the_set_probability(tok_dir):
+    """--sft-replace P (after the copy curriculum): where a chunk brings one new needle into a
+    memory that already holds one, the target takes it with probability P, whatever either
+    needle is (here 0.25: counted over ~200 such turns), and keeps the old note otherwise; the
+    first needle always fills an empty memory. P = 1 gives the latest-note targets exactly."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--prompts", "compact", "--short-chunk", "0", "--chunk-tokens", "96",
+                            "--sft-replace", "0.25"])
+    assert cfg.sft_replace == 0.25 and train.parse_args([]).sft_replace == 0.0  # reservoir by default
+    taken = {"number": [], "price": []}  # kind of the new needle -> took it?
+    for i in range(100):
+        convs = train.curriculum_conversations(cfg, tok, None, 7000 + i, random.Random(i), cfg.short_chunk_steps)
+        assert convs == train.warm_start_conversations(train.get_sample(cfg, tok, None, 7000 + i), tok, cfg,
+                                                       random.Random(i), replace=0.25)
+        sample = train.get_sample(cfg, tok, None, 7000 + i)
+        chunks = chunk_ids(tok.encode(sample["context"]), cfg.chunk_tokens)
+        memories = ["None."] + [tok.decode(r[:-1]) for _, r in convs[:-1]]
+        for chunk, before, after in zip(chunks, memories, memories[1:]):
+            new = re.findall(r"(?:number|price) is (\$?\d)\.", tok.decode(chunk))
+            if len(new) != 1:
+                assert len(new) > 1 or after == before
+                continue
+            if before == "None.":
+                assert after == " %s." % new[0]
+            else:
+                assert after in (before, " %s." % new[0]), (before, after, new)
+                taken["price" if "$" in new[0] else "number"].append(after == " %s." % new[0] != before)
+        latest = train.warm_start_conversations(sample, tok, cfg, random.Random(i), keep="latest")
+        assert latest == train.warm_start_conversations(sample, tok, cfg, random.Random(i), replace=1.0)
+    events = taken["number"] + taken["price"]
+    assert len(events) > 150 and len(taken["number"]) > 30
+    assert 0.17 < sum(events) / len(events) < 0.33, sum(events) / len(events)
+    assert 0.08 < sum(taken["number"]) / len(taken["number"]) < 0.45  # no preference for a kind
+
+
 def test_evaluation_reports_what_the_final_memory_holds_and_warns_without_a_copy(tok_dir, monkeypatch,
                                                                                 capsys):
     """evaluate's second table: of 8 documents whose scripted final memories hold the asked value (2),
