@@ -106,7 +106,7 @@ class TrainConfig:
     curriculum_notes: str = ""  # the curriculum's notes: "" = --notes, or one of its choices (see warm_start)
     copy_gate: float = 0.75  # the curriculum goes on until the agent copies this fraction of documents (warm_start)
     copy_patience: int = 300  # at most this many added curriculum steps
-    sft_replace: float = 0.0  # after the curriculum: a new fact replaces a full memory with this probability (0 = reservoir)
+    sft_replace: float = 0.25  # after the curriculum: a full memory takes a new fact with this probability (0 = reservoir)
     # RL (DAPO)
     rl_steps: int = 80
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
@@ -202,9 +202,10 @@ HELP = {
                  "--copy-patience) until the greedy agent's final memory is exactly the curriculum's target "
                  "(the newest note) in at least this fraction of 64 held-out curriculum documents; 0 = off",
     "copy_patience": "most curriculum steps the copy gate may add (default 300)",
-    "sft_replace": "warm start after the copy curriculum: a new fact replaces the note of a full memory with "
-                   "this probability (a sticky coin; still question-agnostic); 0 = reservoir sampling "
-                   "(probability capacity / facts seen: a uniform random subset)",
+    "sft_replace": "warm start after the copy curriculum: a full memory takes a new fact (in place of one of "
+                   "its notes) with this probability, a sticky coin, still question-agnostic; 0 = reservoir "
+                   "sampling (probability capacity / facts seen: a uniform random subset), the default "
+                   "before session 27 (EXPERIMENTS.md)",
     "curriculum_notes": "notes of the copy curriculum's memory targets (default: --notes). digits: on cpu-demo "
                         "the copy formed at the gate for seeds 0, 3, 6 and 9 (with value notes, for seed 0 "
                         "only; EXPERIMENTS.md, session 21)",
@@ -982,6 +983,12 @@ def warm_start(cfg, model, tokenizer, data):
     cpu-demo; with latest targets seed 8's formed by curriculum step ~175 and seed 3's by ~275.
     --curriculum-notes digits writes the curriculum's notes without a price's sign (" 3.", not
     " $3."): one digit to copy, not a kind and a digit; the later steps still write --notes.
+
+    After the curriculum, --sft-replace P swaps reservoir's coin (take a new fact with probability
+    capacity / facts seen, a count the model never sees) for a sticky one: a full memory takes a
+    new fact with probability P, whatever the fact or how many came before. Still question-
+    agnostic, and with one note and four needles the number ends in memory ~1/4 of the time, as
+    with reservoir. But the model learns a coin it can see, and a firmer hold on its note.
 
     The copy gate: a seed whose copy has not formed when the curriculum ends sits on a plateau
     (loss ~0.45), and RL cannot start from it. So where the curriculum would end, the greedy agent
