@@ -106,7 +106,7 @@ class TrainConfig:
     curriculum_notes: str = ""  # the curriculum's notes: "" = --notes, or one of its choices (see warm_start)
     copy_gate: float = 0.75  # the curriculum goes on until the agent copies this fraction of documents (warm_start)
     copy_patience: int = 300  # at most this many added curriculum steps
-    sft_replace: float = 0.25  # after the curriculum: a full memory takes a new fact with this probability (0 = reservoir)
+    sft_replace: float = 0.25  # after the curriculum: a full memory takes a new fact w.p. this (0 = reservoir)
     # RL (DAPO)
     rl_steps: int = 80
     batch_size: int = 8  # prompts (groups) per RL step, over all ranks
@@ -138,8 +138,8 @@ class TrainConfig:
     # rollout temperature (the update scores softmax(logits / T) too). 0.7 on the tiny model: at 1.0
     # its warm start writes digits it never read and mixes two notes' tokens twice as often, and
     # whether 80 DAPO steps found the rule depended on the draw (seed 0's needed ~100 steps on
-    # session 22's VM); at 0.7 all 6 draws tried in session 22 rose, and 7 of seeds 0-9 met both
-    # targets within 80 steps (README, "Across seeds"). The paper: 1.0.
+    # session 22's VM); at 0.7 all 6 draws tried in session 22 rose, and with session 27's warm
+    # start 9 of seeds 0-9 met both targets within 80 steps (README, "Across seeds"). The paper: 1.0.
     temperature: float = 0.7
     top_p: float = 1.0
     # evaluation
@@ -902,9 +902,10 @@ def extend_copy_curriculum(cfg, copy_rate, curriculum_step, label, t0):
         print0(f"{label}: copy curriculum: the agent copies in {100 * rate:.0f}% of documents >= --copy-gate "
                f"{cfg.copy_gate}: through the gate" + (f" ({extra} steps added)" if extra else ""))
     else:
-        print0(f"{label}: copy curriculum: the agent copies in only {100 * rate:.0f}% of documents after {extra} "
-               f"added steps (--copy-gate {cfg.copy_gate}, --copy-patience {cfg.copy_patience}): the copy has "
-               f"not formed")
+        print0(f"warning: {label}: copy curriculum: the agent copies in only {100 * rate:.0f}% of documents "
+               f"after {extra} added steps (--copy-gate {cfg.copy_gate}, --copy-patience {cfg.copy_patience}): "
+               f"the copy has not formed, and RL is unlikely to learn from this warm start (on cpu-demo, seed "
+               f"6's: EXPERIMENTS.md); try another --seed")
     return extra
 
 
@@ -952,7 +953,8 @@ def curriculum_conversations(cfg, tokenizer, data, index, rng, step):
     cfg.short_chunk_steps, the sample at short_chunk / chunk_tokens of the training length read in
     chunks of cfg.short_chunk tokens (as many chunks and needles, a third of the tokens) with
     memory targets chosen by cfg.curriculum_keep; after, the training geometry itself with
-    reservoir targets (or --sft-replace's sticky coin). A user's data file is never shrunk (only generated tasks are)."""
+    --sft-replace's sticky coin (0: reservoir targets). A user's data file is never shrunk (only
+    generated tasks are)."""
     if in_copy_curriculum(cfg, data, step):
         sample = get_sample(cfg, tokenizer, data, index, scale=cfg.short_chunk / cfg.chunk_tokens)
         return warm_start_conversations(sample, tokenizer, curriculum_config(cfg), rng, keep=cfg.curriculum_keep)
@@ -977,18 +979,21 @@ def warm_start(cfg, model, tokenizer, data):
     one: with reservoir targets the note to write after a new needle is the chunk's with
     probability 1/seen and the memory's otherwise, a coin the model cannot predict, so the
     gradient toward either copy is diluted. Both choices are question-agnostic (the latest needle
-    is the asked one no more often than a random one), and the last steps return to reservoir
-    targets, so RL still starts from a policy that keeps a random needle. Measured (EXPERIMENTS.md,
+    is the asked one no more often than a random one), and the last steps return to random
+    targets (below), so RL still starts from a policy that keeps a random needle. Measured (EXPERIMENTS.md,
     sessions 15-16): with reservoir targets the copy never formed for seeds 3, 6 and 8 of the
     cpu-demo; with latest targets seed 8's formed by curriculum step ~175 and seed 3's by ~275.
     --curriculum-notes digits writes the curriculum's notes without a price's sign (" 3.", not
     " $3."): one digit to copy, not a kind and a digit; the later steps still write --notes.
 
-    After the curriculum, --sft-replace P swaps reservoir's coin (take a new fact with probability
-    capacity / facts seen, a count the model never sees) for a sticky one: a full memory takes a
-    new fact with probability P, whatever the fact or how many came before. Still question-
-    agnostic, and with one note and four needles the number ends in memory ~1/4 of the time, as
-    with reservoir. But the model learns a coin it can see, and a firmer hold on its note.
+    After the curriculum, a sticky coin (--sft-replace 0.25): a full memory takes a new fact with
+    probability 1/4, whatever the fact or how many came before. Reservoir sampling (--sft-replace
+    0) takes it with probability capacity / facts seen, a count that is in no prompt, so the model
+    can only learn its average, and warm starts learned it unevenly. Both are question-agnostic,
+    and with one note and four needles both leave the number in the final memory ~1/4 of the
+    time. Measured on cpu-demo (EXPERIMENTS.md, sessions 26-27): the warm starts whose RL did not
+    rise held the number against a price least often (57-67% of such turns, at 0.7); with the
+    sticky coin seed 5's held it in 90%, and RL rose from every warm start whose copy had formed.
 
     The copy gate: a seed whose copy has not formed when the curriculum ends sits on a plateau
     (loss ~0.45), and RL cannot start from it. So where the curriculum would end, the greedy agent
@@ -1357,17 +1362,18 @@ def warn_if_no_copy(cfg, holds):
 
 def note_if_rl_flat(cfg, table, gain=0.2):
     """A note when RL gained under `gain` (20 points) at the first eval length over the starting
-    policy: say it is the draw, and what to try. (On cpu-demo 7 of seeds 0-9 rose +57.8 to +84.4
-    points within 80 steps; seed 8 rose +23.4 and went on rising to 160 steps, seed 5 did not
-    rise, and no DAPO flag tried changed that, nor did two more RL draws from the warm starts of
-    seeds 5 and 8: README, "Across seeds" and "DAPO ablations".)"""
+    policy: say it is the draw, and what to try. (On cpu-demo 9 of seeds 0-9 rose +67.2 to +79.7
+    points within 80 steps; seed 6, whose copy did not form, did not rise. Under the reservoir
+    targets of sessions 22-26, seeds 5 and 8 did not rise either, and neither a DAPO flag nor
+    another RL draw from their warm starts changed that: README, "Across seeds", and EXPERIMENTS.md,
+    sessions 24-26.)"""
     start, end = table.get("warm start") or {}, table.get("RL") or {}
     scale = next(iter(end), None)
     if scale is None or start.get(scale) is None or end[scale] is None or end[scale] - start[scale] >= gain:
         return
     print0(f"note: RL gained {100 * (end[scale] - start[scale]):+.1f} points at {scale} over the starting "
            f"policy. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw, "
-           f"its warm start most (on cpu-demo 7 of seeds 0-9 rose by 58 to 84 points in 80 steps; README, "
+           f"its warm start most (on cpu-demo 9 of seeds 0-9 rose by 67 to 80 points in 80 steps; README, "
            f"'Across seeds'): continue it (--resume --rl-steps {2 * cfg.rl_steps}) or try another --seed "
            f"(without --init-from: a new warm start)")
 

@@ -441,10 +441,11 @@ def test_copy_curriculum_shrinks_chunks_and_documents_then_stops(tok_dir):
         train.curriculum_conversations(cfg, tok, None, 7, random.Random(0), cfg.short_chunk_steps)
 
 
-def test_copy_gate_adds_curriculum_steps_until_the_agent_copies():
+def test_copy_gate_adds_curriculum_steps_until_the_agent_copies(capsys):
     """The gate measures, then adds GATE_EVERY (25) steps between measurements: rates 0.1, 0.5, 0.8
     pass a 0.75 gate after 50 added steps; a rate that never rises stops at --copy-patience (40 =
-    25 + 15 steps, measured after each part); a copy formed in time adds none and measures once."""
+    25 + 15 steps, measured after each part) with a warning that the copy has not formed; a copy
+    formed in time adds none and measures once."""
     for rates, patience, added, measured in (([0.1, 0.5, 0.8, 0.9], 100, 50, 3), ([0.1] * 5, 40, 40, 3),
                                              ([0.9], 100, 0, 1)):
         cfg = train.parse_args(["--copy-gate", "0.75", "--copy-patience", str(patience)])
@@ -452,6 +453,8 @@ def test_copy_gate_adds_curriculum_steps_until_the_agent_copies():
         assert train.extend_copy_curriculum(cfg, lambda: rates_left.pop(0), lambda extra: steps.append(extra) or 0.4,
                                             "warm start", 0.0) == added
         assert steps == list(range(added)) and len(rates) - len(rates_left) == measured, rates
+        printed = capsys.readouterr().out
+        assert ("warning:" in printed and "copies in only 10%" in printed) == (rates[-1] < 0.75), printed
 
 
 NUMBER, PRICE = re.compile(r"The magic number is (\d)\."), re.compile(r"The \w+ price is \$(\d)\.")
