@@ -9,9 +9,10 @@ train.py: the MemAgent recipe end to end (../shared/design.md sections 2-3).
 Three stages, each a function that reads top to bottom:
 
   1. warm_start(): supervised training on rendered agent conversations. The memory targets come from
-     a QUESTION-AGNOSTIC policy: after each chunk the target memory is a uniformly random subset (of
-     the memory's capacity) of the facts seen so far (reservoir sampling), whatever the question
-     asks. The final target boxes the asked value if the memory holds it, else a wrong guess taken
+     a QUESTION-AGNOSTIC policy: after each chunk the target memory is a random subset (of the
+     memory's capacity) of the facts seen so far, whatever the question asks: the newest facts
+     during a copy curriculum, then a sticky coin (a full memory takes each new fact with
+     probability --sft-replace, 1/4) or reservoir sampling (a uniform subset; --sft-replace 0). The final target boxes the asked value if the memory holds it, else a wrong guess taken
      from the memory (or "unknown"). So the warm-started agent knows the format (copy facts into
      memory, carry it forward, answer in \\boxed{}) but keeps the asked fact only by luck:
      with 4 needles and room for 1 it answers right about 1/4 of the time. Choosing WHAT to keep is
