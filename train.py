@@ -12,7 +12,8 @@ Three stages, each a function that reads top to bottom:
      a QUESTION-AGNOSTIC policy: after each chunk the target memory is a random subset (of the
      memory's capacity) of the facts seen so far, whatever the question asks: the newest facts
      during a copy curriculum, then a sticky coin (a full memory takes each new fact with
-     probability --sft-replace, 1/4) or reservoir sampling (a uniform subset; --sft-replace 0). The final target boxes the asked value if the memory holds it, else a wrong guess taken
+     probability --sft-replace, 1/4) or reservoir sampling (a uniform subset; --sft-replace 0).
+     The final target boxes the asked value if the memory holds it, else a wrong guess taken
      from the memory (or "unknown"). So the warm-started agent knows the format (copy facts into
      memory, carry it forward, answer in \\boxed{}) but keeps the asked fact only by luck:
      with 4 needles and room for 1 it answers right about 1/4 of the time. Choosing WHAT to keep is
@@ -981,8 +982,8 @@ def warm_start(cfg, model, tokenizer, data):
     probability 1/seen and the memory's otherwise, a coin the model cannot predict, so the
     gradient toward either copy is diluted. Both choices are question-agnostic (the latest needle
     is the asked one no more often than a random one), and the last steps return to random
-    targets (below), so RL still starts from a policy that keeps a random needle. Measured (EXPERIMENTS.md,
-    sessions 15-16): with reservoir targets the copy never formed for seeds 3, 6 and 8 of the
+    targets (below), so RL still starts from a policy that keeps a random needle. Measured
+    (EXPERIMENTS.md, sessions 15-16): with reservoir targets the copy never formed for seeds 3, 6 and 8 of the
     cpu-demo; with latest targets seed 8's formed by curriculum step ~175 and seed 3's by ~275.
     --curriculum-notes digits writes the curriculum's notes without a price's sign (" 3.", not
     " $3."): one digit to copy, not a kind and a digit; the later steps still write --notes.
