@@ -332,6 +332,15 @@ def parse_args(argv=None):
         parser.error(f"--eval-scales {cfg.eval_scales!r}: expected numbers like 1,4,16,64")
     if not all(0 < s < float("inf") for s in scales):  # (checked here, not after the training it follows)
         parser.error(f"--eval-scales {cfg.eval_scales!r}: each multiple of the training length must be > 0")
+    # every sample comes from its number (get_sample); training numbers must stay below the held-out ones
+    rl_numbers = 0 if cfg.baseline else cfg.rl_steps * cfg.max_gen_batches * cfg.batch_size
+    sft_numbers = SFT_SEED + (max(cfg.sft_steps, cfg.baseline_steps) + cfg.copy_patience) * cfg.sft_batch
+    if max(rl_numbers, sft_numbers) > EVAL_SEED:
+        parser.error(f"this run would draw training samples numbered up to {max(rl_numbers, sft_numbers):,} "
+                     f"(RL: --rl-steps x --max-gen-batches x --batch-size = {rl_numbers:,}; warm start: "
+                     f"{SFT_SEED:,} + (steps + --copy-patience) x --sft-batch = {sft_numbers:,}), past "
+                     f"{EVAL_SEED:,} where the held-out evaluation samples start: it would train on them; "
+                     f"run fewer steps per call")
     return cfg
 
 
@@ -382,13 +391,14 @@ def setup_distributed(cfg):
                          f"pass --device cuda or auto, not {cfg.device}")
     if cfg.device == "auto":
         cfg.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    if cfg.batch_size % WORLD:
+    runs_rl = not cfg.baseline and cfg.rl_steps > 0
+    if runs_rl and cfg.batch_size % WORLD:
         raise SystemExit(f"train.py: --batch-size {cfg.batch_size} must be divisible by the "
                          f"{WORLD} ranks")
     supervises = cfg.baseline or (not cfg.init_from and cfg.sft_steps > 0)  # the warm start / baseline run
     if supervises and cfg.sft_batch % WORLD:
         raise SystemExit(f"train.py: --sft-batch {cfg.sft_batch} must be divisible by the {WORLD} ranks")
-    if cfg.mini_batches > cfg.batch_size // WORLD:
+    if runs_rl and cfg.mini_batches > cfg.batch_size // WORLD:
         raise SystemExit(f"train.py: --mini-batches {cfg.mini_batches} is more than the "
                          f"{cfg.batch_size // WORLD} prompt groups each rank holds (--batch-size / ranks): "
                          f"some optimizer steps would have nothing to train on")

@@ -934,6 +934,30 @@ def test_an_error_inside_the_rollouts_is_not_taken_for_a_batch_without_signal(mo
         train.collect_rollouts(cfg, None, None, [dict(question="q", context="c", answers=["1"])] * 40, 0)
 
 
+def test_training_sample_numbers_may_not_reach_the_held_out_ones(capsys):
+    # cpu-demo: RL draws sample numbers 0 .. rl_steps x 3 draws x 8 prompts - 1; the held-out ones
+    # start at 1,000,000: 41,666 x 24 = 999,984 stays below it, 41,667 x 24 = 1,000,008 does not
+    assert train.parse_args(["--rl-steps", "41666"]).rl_steps == 41666
+    with pytest.raises(SystemExit):
+        train.parse_args(["--rl-steps", "41667"])
+    assert "up to 1,000,008" in capsys.readouterr().err
+    # warm start: 500,000 + (steps + 300 patience) x 8 samples: 62,200 steps reach 1,000,000 exactly
+    assert train.parse_args(["--sft-steps", "62200"]).sft_steps == 62200
+    with pytest.raises(SystemExit):
+        train.parse_args(["--sft-steps", "62201"])
+    assert "where the held-out evaluation samples start" in capsys.readouterr().err
+    # the baseline runs no RL, so its --rl-steps does not count
+    assert train.parse_args(["--baseline", "--rl-steps", "41667"]).baseline
+
+
+def test_rl_batch_checks_do_not_block_runs_without_rl():
+    for args in (["--baseline"], ["--rl-steps", "0"]):
+        cfg = train.parse_args(["--recipe", "smoke", "--mini-batches", "4", "--device", "cpu"] + args)
+        train.setup_distributed(cfg)  # no SystemExit: these runs never split a batch into mini-batches
+    with pytest.raises(SystemExit, match="--mini-batches 4 is more than the 2 prompt groups"):
+        train.setup_distributed(train.parse_args(["--recipe", "smoke", "--mini-batches", "4", "--device", "cpu"]))
+
+
 def test_impossible_batches_and_tiny_data_files_stop_before_training(tok_dir, tmp_path):
     out = fresh_out(tok_dir, "bad-batches")
     with pytest.raises(SystemExit, match="--mini-batches 4 is more than the 2 prompt groups"):
