@@ -422,8 +422,8 @@ def niah_number_among_prices(length, seed, tokenizer):
     itself ("$" or not), which the model reads anyway to copy the value; in niah_distractors it is
     the key two tokens before the value, and in niah_first_last the question far back in the
     prompt, which a from-scratch 1M-parameter model learns from reward only slowly (EXPERIMENTS.md).
-    Measured (train.py's CPU default, seed 0, session 22; 64 held-out documents): greedy accuracy
-    17.2% after the warm start, 98.4% after 80 DAPO steps, 100% at 64x the training length
+    Measured (train.py's CPU default, seed 0, session 27; 64 held-out documents): greedy accuracy
+    21.9% after the warm start, 98.4% after 80 DAPO steps, 100% at 64x the training length
     (README, "Across seeds").
     """
     return _niah(length, seed, tokenizer, "niah_number_among_prices", haystack="prose", n_keys=4,
