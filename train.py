@@ -340,7 +340,7 @@ def parse_args(argv=None):
                      f"(RL: --rl-steps x --max-gen-batches x --batch-size = {rl_numbers:,}; warm start: "
                      f"{SFT_SEED:,} + (steps + --copy-patience) x --sft-batch = {sft_numbers:,}), past "
                      f"{EVAL_SEED:,} where the held-out evaluation samples start: it would train on them; "
-                     f"run fewer steps per call")
+                     f"lower those flags (numbers follow the step, so --resume does not reset them)")
     return cfg
 
 
@@ -1005,7 +1005,8 @@ def warm_start(cfg, model, tokenizer, data):
     and with one note and four needles both leave the number in the final memory ~1/4 of the
     time. Measured on cpu-demo (EXPERIMENTS.md, sessions 26-27): the warm starts whose RL did not
     rise held the number against a price least often (57-67% of such turns, at 0.7); with the
-    sticky coin seed 5's held it in 90%, and RL rose from every warm start whose copy had formed.
+    sticky coin seed 5's held it in 90%, and RL rose from every warm start whose copy had formed
+    in the default curriculum (seed 6's, formed late or with digit notes, still did not: session 28).
 
     The copy gate: a seed whose copy has not formed when the curriculum ends sits on a plateau
     (loss ~0.45), and RL cannot start from it. So where the curriculum would end, the greedy agent
