@@ -276,6 +276,9 @@ class AgentConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_rows: int = 0  # most rows per generate call (bounds the KV cache and prefill); 0 = all
+    # training only: a longer document is center-truncated to max_chunks chunks before it is cut
+    # (the paper trains on at most 8; design.md section 2). 0 = read every chunk, as evaluation does
+    max_chunks: int = 0
     cuda_graph: bool = False  # decode steps replayed from a CUDA graph (generate; CUDA only)
 
     def __post_init__(self):
@@ -284,6 +287,8 @@ class AgentConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_rows < 0:
             raise ValueError(f"max_rows must be >= 0 (0 = all rows in one call), got {self.max_rows}")
+        if self.max_chunks < 0:
+            raise ValueError(f"max_chunks must be >= 0 (0 = no cap), got {self.max_chunks}")
         check_sampling(self.temperature, self.top_k, self.top_p)
 
 
@@ -357,6 +362,29 @@ def chunk_ids(context_ids, chunk_tokens):
     return [context_ids[i:i + chunk_tokens] for i in range(0, len(context_ids), chunk_tokens)]
 
 
+def center_truncate(ids, max_len):
+    """Keep the first max_len // 2 and the last max_len - max_len // 2 ids; the middle goes.
+
+    How MemAgent caps its training documents at 8 chunks (its released code truncates at the
+    center): the start and the end of a long document survive, and a fact in its middle may be cut
+    away, a rollout that cannot earn its reward. max_len 0 = no cap.
+
+    >>> center_truncate(list(range(10)), 5)
+    [0, 1, 7, 8, 9]
+    >>> center_truncate(list(range(4)), 5)
+    [0, 1, 2, 3]
+    """
+    if not max_len or len(ids) <= max_len:
+        return ids
+    head = max_len // 2
+    return ids[:head] + ids[len(ids) - (max_len - head):]
+
+
+def document_chunks(context_ids, cfg):
+    """The chunks an agent reads: the document center-truncated to cfg.max_chunks chunks (if set), cut."""
+    return chunk_ids(center_truncate(context_ids, cfg.max_chunks * cfg.chunk_tokens), cfg.chunk_tokens)
+
+
 def check_window(tokenizer, problem_lengths, cfg, max_positions):
     """Raise a clear error if the longest conversation cannot fit the model's positions.
 
@@ -427,7 +455,7 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
         max_positions = model.config.max_position_embeddings
     stop_ids = list(tokenizer.stop_ids)
     problems = [tokenizer.encode(s["question"]) for s in samples]
-    documents = [chunk_ids(tokenizer.encode(s["context"]), cfg.chunk_tokens) for s in samples]
+    documents = [document_chunks(tokenizer.encode(s["context"]), cfg) for s in samples]
     check_window(tokenizer, [len(p) for p in problems], cfg, max_positions)
     initial = tokenizer.encode(initial_memory(cfg.compact_prompts))
 

@@ -70,7 +70,7 @@ from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
 from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, save_checkpoint,
                    staging_dir, swap_in)
-from rollout import (MIN_TEMPERATURE, AgentConfig, check_window, chunk_ids, direct_turn_ids, distinct,
+from rollout import (MIN_TEMPERATURE, AgentConfig, check_window, direct_turn_ids, distinct, document_chunks,
                      final_turn_ids, memory_turn_ids, run_agent, run_full_attention)
 
 # -----------------------------------------------------------------------------
@@ -95,6 +95,7 @@ class TrainConfig:
     memory_tokens: int = 5  # room for one note, " 7." or " $3." (3 or 4 tokens), and the stop id
     answer_tokens: int = 16
     window: int = 0  # positions the agent may use; 0 = the model's maximum
+    max_chunks: int = 0  # agent training reads at most this many chunks (center truncation); 0 = all
     prompts: str = "auto"  # compact | full | auto (compact with our small tokenizer, full with HF's)
     # warm start (supervised)
     # warm-start notes (memory_note): value " $3." | digits " 3." | keyed " bold: 7." | restate " last: 7."
@@ -171,7 +172,7 @@ RECIPES = {
                   temperature=1.0),
     # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
     "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
-                  chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192,
+                  chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192, max_chunks=8,
                   group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,
                   warmup_steps=20, weight_decay=0.01, clip_high=0.28, dynamic_sampling=True,
                   kl_coef=0.0, adv_std=True, overlong_buffer=0, rl_steps=400, sft_steps=0, short_chunk=0,
@@ -198,6 +199,9 @@ HELP = {
                   "replay it (on by the paper recipes; ignored off CUDA, with a note): the eager step's thousand-odd "
                   "kernel launches are what limits decoding there, not the GPU",
     "eval_scales": "multiples of the training length to evaluate at",
+    "max_chunks": "the agent's training (warm start and RL) reads at most this many chunks of a document: "
+                  "a longer one keeps its first and last max_chunks x chunk_tokens / 2 tokens (center "
+                  "truncation; the paper recipe's 8); evaluation reads every chunk. 0 = no cap",
     "curriculum_keep": "memory targets of the copy curriculum's steps: latest (the newest notes) or reservoir "
                        "(a random subset, as in the later warm-start steps); both ignore the question",
     "copy_gate": "warm start: where the copy curriculum ends, go on with it (25 steps at a time, at most "
@@ -324,6 +328,8 @@ def parse_args(argv=None):
     if args.n_docs and not sized_in_docs(cfg):  # (a recipe's n_docs is simply unused by other tasks)
         parser.error("--n-docs sizes documents in paragraphs, which only --task hotpot_synth and a HotpotQA "
                      ".json have; this run's documents are sized by --train-length")
+    if cfg.max_chunks < 0:
+        parser.error(f"--max-chunks must be >= 0 (0 = no cap), not {cfg.max_chunks}")
     if cfg.rollout_rows < 0:
         parser.error(f"--rollout-rows must be >= 0 (0 = all rows in one call), not {cfg.rollout_rows}")
     try:
@@ -459,11 +465,12 @@ def use_cuda_graph(cfg):
     return cfg.cuda_graph and torch.device(cfg.device).type == "cuda"
 
 
-def agent_config(cfg, temperature):
+def agent_config(cfg, temperature, training=False):
+    """The agent's settings; only training caps its documents at --max-chunks (evaluation reads all)."""
     return AgentConfig(chunk_tokens=cfg.chunk_tokens, memory_tokens=cfg.memory_tokens,
                        answer_tokens=cfg.answer_tokens, compact_prompts=cfg.prompts == "compact",
                        temperature=temperature, top_p=cfg.top_p, max_rows=cfg.rollout_rows,
-                       cuda_graph=use_cuda_graph(cfg))
+                       cuda_graph=use_cuda_graph(cfg), max_chunks=cfg.max_chunks if training else 0)
 
 
 # -----------------------------------------------------------------------------
@@ -533,6 +540,10 @@ def geometry_check(cfg, model, tokenizer, data):
            f"window; training documents like sample 0: {document} tokens"
            f"{f' ({cfg.n_docs} docs)' if sized_in_docs(cfg) else ''}, "
            f"{math.ceil(document / cfg.chunk_tokens)} chunks")
+    if cfg.max_chunks and document > cfg.max_chunks * cfg.chunk_tokens:
+        print0(f"--max-chunks {cfg.max_chunks}: the agent trains on the first and last "
+               f"{cfg.max_chunks * cfg.chunk_tokens // 2} tokens of such a document (the middle "
+               f"{document - cfg.max_chunks * cfg.chunk_tokens} are cut, needles there too); evaluation reads all")
     plan = memory_plan(cfg, model.config, model.num_parameters(), need)
     peak = plan["training state"] + max(plan["rollout KV cache"] + plan["rollout prefill"],
                                         plan["update logits"] + plan["update layers"])
@@ -799,9 +810,10 @@ def warm_start_conversations(sample, tokenizer, cfg, rng, keep="reservoir", repl
     boxes the value the memory holds. Either way the warm start learns to answer from its memory,
     never which notes to keep.
     """
-    compact = agent_config(cfg, 1.0).compact_prompts
+    agent = agent_config(cfg, 1.0, training=True)
+    compact = agent.compact_prompts
     problem = tokenizer.encode(sample["question"])
-    chunks = chunk_ids(tokenizer.encode(sample["context"]), cfg.chunk_tokens)
+    chunks = document_chunks(tokenizer.encode(sample["context"]), agent)
     facts = sample_facts(sample, tokenizer, chunks, notes=cfg.notes)
     note_len = max([len(tokenizer.encode(f)) for fs in facts for f in fs] or [1])
     capacity = max(1, (cfg.memory_tokens - 1) // note_len)  # notes the memory can hold (+ the stop id)
@@ -1116,7 +1128,7 @@ def collect_rollouts(cfg, model, tokenizer, data, step, data_round=0):
     ranks a round ends with the rank that drew most; the slots of ranks that stopped earlier are
     skipped."""
     per_rank = cfg.batch_size // WORLD
-    agent = agent_config(cfg, cfg.temperature)
+    agent = agent_config(cfg, cfg.temperature, training=True)
     draws = []
 
     def draw():

@@ -165,6 +165,30 @@ def test_mixed_lengths_batch_each_sample_gets_its_own_chunks():
     assert len(log) == sum((c + 1) * 3 for c in counts)
 
 
+def test_max_chunks_center_truncates_training_documents():
+    """The training cap: a 7-chunk document read with max_chunks=3 is its first 90 and last 90
+    characters (half of 3 x 60 each), cut into 3 chunks; the asked needle, in chunk 3, is gone with
+    the middle, so the reward is 0. Shorter documents are read whole."""
+    import dataclasses
+    capped = dataclasses.replace(CFG, max_chunks=3)
+    samples = samples_of_lengths([7, 3, 2])
+    log = []
+    rollouts = run_agent(None, TOK, samples, capped, policy=scripted_policy(log), max_positions=512)
+    context = samples[0]["context"]
+    seen = context[:90] + context[-90:]
+    assert [field(TOK.decode(c.prompt_ids), "Text:\n", "\nNew memory:") for c in rollouts[0].conversations[:-1]] \
+        == [seen[:60], seen[60:120], seen[120:]]
+    assert rollouts[0].memories == oracle_memories(seen, CFG.chunk_tokens)
+    assert rollouts[0].memories[-1] == "k0b=2000"  # the fact in the last chunk survives
+    assert "1000" not in rollouts[0].answer and rollouts[0].reward == 0.0
+    for r, n in zip(rollouts[1:], [3, 2]):  # within the cap: every chunk, the right answer
+        assert len(r.conversations) == n + 1 and r.reward == 1.0
+    uncapped = run_agent(None, TOK, samples[:1], CFG, policy=scripted_policy([]), max_positions=512)
+    assert len(uncapped[0].conversations) == 8 and uncapped[0].reward == 1.0
+    with pytest.raises(ValueError, match="max_chunks must be >= 0"):
+        AgentConfig(max_chunks=-1)
+
+
 def test_truncated_memory_is_cut_at_budget_and_marked():
     log = []
     cfg = AgentConfig(chunk_tokens=60, memory_tokens=8, answer_tokens=12, compact_prompts=True)

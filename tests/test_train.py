@@ -85,6 +85,7 @@ def test_recipes_and_overrides():
     assert (paper.chunk_tokens, paper.memory_tokens, paper.answer_tokens, paper.window) == (5000, 1024, 1024, 8192)
     assert (paper.group_size, paper.lr, paper.clip_high, paper.dynamic_sampling) == (16, 1e-6, 0.28, True)
     assert paper.model == "qwen-ish-0.5b" and paper.dtype == "bfloat16"
+    assert (paper.max_chunks, shipped.max_chunks, train.parse_args([]).max_chunks) == (8, 8, 0)
     # rollouts at the paper's temperature 1.0 there and in the shipped scripts; the cpu-demo's tiny model at 0.7
     assert (paper.temperature, shipped.temperature, train.parse_args([]).temperature) == (1.0, 1.0, 0.7)
     cfg = train.parse_args(["--recipe", "shipped", "--clip-high", "0.3", "--dynamic-sampling",
@@ -111,6 +112,7 @@ def test_recipes_and_overrides():
     (["--notes", "restate", "--task", "hotpot_synth"], "--notes restate needs"),
     (["--dtype", "float16"], "gradient scaler"),
     (["--rollout-rows", "-1"], "--rollout-rows must be >= 0"),
+    (["--max-chunks", "-1"], "--max-chunks must be >= 0"),
     (["--baseline", "--resume"], "no checkpoint to resume"),
     (["--chunk-tokens", "0"], "--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1"),
     (["--memory-tokens", "-3"], "must be >= 1"),
@@ -339,6 +341,35 @@ def test_sticky_coin_targets_replace_a_full_memory_with_the_set_probability(tok_
     assert len(events) > 150 and len(taken["number"]) > 30
     assert 0.17 < sum(events) / len(events) < 0.33, sum(events) / len(events)
     assert 0.08 < sum(taken["number"]) / len(taken["number"]) < 0.45  # no preference for a kind
+
+
+def test_max_chunks_caps_training_documents_but_not_evaluation(tok_dir, monkeypatch):
+    """--max-chunks 3 on cpu-demo's 8-chunk documents (384 tokens, chunks of 48): the warm start's
+    3 memory turns read the document's first 72 ids and its last 72 (center truncation, oracle:
+    slices of the encoded document), RL's rollouts get the cap, evaluation reads every chunk."""
+    from rollout import Rollout
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    cfg = train.parse_args(["--max-chunks", "3", "--eval-n", "2", "--eval-scales", "1", "--overlong-buffer", "0",
+                            "--device", "cpu"])
+    sample = train.get_sample(cfg, tok, None, 0)
+    ids = tok.encode(sample["context"])
+    assert len(ids) > 3 * cfg.chunk_tokens
+    convs = train.warm_start_conversations(sample, tok, cfg, random.Random(0))
+    kept = ids[:72] + ids[-72:]
+    assert len(convs) == 3 + 1
+    for k, (prompt, _) in enumerate(convs[:-1]):
+        chunk = kept[48 * k:48 * (k + 1)]
+        assert any(prompt[i:i + 48] == chunk for i in range(len(prompt)))
+    caps = []
+
+    def recording_run_agent(model, tokenizer, samples, agent_cfg, group_size=1, seed=0, **kwargs):
+        caps.append(agent_cfg.max_chunks)
+        return [Rollout(sample=i, member=m, conversations=[], answer="", memories=["None."], reward=float(m))
+                for i in range(len(samples)) for m in range(group_size)]
+    monkeypatch.setattr(train, "run_agent", recording_run_agent)
+    train.collect_rollouts(cfg, None, tok, None, 0)
+    train.evaluate(cfg, torch.nn.Identity(), tok, None, "scripted")
+    assert caps == [3, 0]
 
 
 def test_evaluation_reports_what_the_final_memory_holds_and_warns_without_a_copy(tok_dir, monkeypatch,
