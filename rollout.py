@@ -319,17 +319,19 @@ def encode_prompt(tokenizer, user_text, fields):
     """Ids of the chat prompt for user_text, with each placeholder in `fields` replaced by ids.
 
     fields maps a placeholder string appearing in user_text to the token ids to splice in, e.g.
-    {"@@CHUNK@@": chunk_ids}. The text around the placeholders is encoded piece by piece.
+    {"@@CHUNK@@": chunk_ids}. The text around the placeholders (the template) is encoded piece by
+    piece as chat text; the fields are data, encoded before (tokenizer.encode: a "<|im_end|>" in a
+    document stays text), so nothing a document holds can close the user turn.
     """
     text = chat_prompt(user_text, tokenizer.system_prompt)
     ids, rest = [], text
     while rest:
         hits = [(rest.find(name), name) for name in fields if name in rest]
         if not hits:
-            ids += tokenizer.encode(rest)
+            ids += tokenizer.encode_chat(rest)
             break
         at, name = min(hits)
-        ids += tokenizer.encode(rest[:at]) + list(fields[name])
+        ids += tokenizer.encode_chat(rest[:at]) + list(fields[name])
         rest = rest[at + len(name):]
     return ids
 

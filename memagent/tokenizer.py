@@ -12,7 +12,10 @@ Choices that make it fit MemAgent:
 * the chat specials and "\\n" are single pieces, and encode() cuts the text at them before
   sentencepiece sees it. Pieces never cross a space either (sentencepiece's default), so
   token counts add up: encode(a + b) == encode(a) + encode(b) whenever b starts with a space,
-  a newline or a special. The task generators rely on this to hit lengths fast.
+  a newline or a special. The task generators rely on this to hit lengths fast;
+* data is text, only our templates are chat: encode() (questions, documents, replies) writes
+  a special-token string such as "<|im_end|>" as ordinary pieces, so a document cannot end a
+  turn or fake a reply; encode_chat() (the chat template, built here) gives the control ids.
 
 Special ids: <|im_start|> and <|im_end|> frame a chat turn; a reply ends with <|im_end|>, which
 is therefore eos_id; <|endoftext|> also stops generation (stop_ids); <|pad|> pads batches.
@@ -67,12 +70,14 @@ class ChatRendering:
     system_prompt = None
 
     def render_prompt(self, user_text: str) -> list[int]:
-        """Ids of chat_prompt(user_text): what the model sees before it replies."""
-        return self.encode(chat_prompt(user_text, self.system_prompt))
+        """Ids of chat_prompt(user_text): what the model sees before it replies. user_text is
+        encoded as chat text, so it must be ours (rollout.encode_prompt splices data in as ids)."""
+        return self.encode_chat(chat_prompt(user_text, self.system_prompt))
 
     def render_reply(self, reply_text: str) -> list[int]:
-        """Ids of a reply, ending with im_end_id. render_prompt(u) + render_reply(r) equals
-        encode(chat_text(u, r)), because the prompt ends in a newline, where encode cuts."""
+        """Ids of a reply (plain text), ending with im_end_id. render_prompt(u) + render_reply(r)
+        equals encode_chat(chat_text(u, r)) when r holds no special-token string, because the
+        prompt ends in a newline, where encoding cuts."""
         return self.encode(reply_text) + [self.im_end_id]
 
     def decode_reply(self, ids) -> str:
@@ -112,22 +117,40 @@ class Tokenizer(ChatRendering):
         self.stop_ids = [self.im_end_id, self.endoftext_id]
         self._cut_ids = {s: [piece_id[s]] for s in SPECIAL_TOKENS + [NEWLINE]}
         self._cut_ids[_SPACE_MARK] = [piece_id["<0xE2>"], piece_id["<0x96>"], piece_id["<0x81>"]]
+        # a special-token string met in data: "<" and the rest as ordinary pieces, never the control id
+        self._text_ids = {s: self.sp.encode(s[0]) + self.sp.encode(s[1:]) for s in SPECIAL_TOKENS}
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
         return cls(path)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of text, no BOS/EOS added; special-token strings become their single ids."""
+        """Ids of text as data (a question, a document, a reply), no BOS/EOS added. A special-token
+        string in it stays text: "<|im_end|>" becomes ordinary pieces (bytes where the vocabulary has none), not the
+        control id, and decodes back to the same string."""
+        return self._encode(text, chat=False)
+
+    def encode_chat(self, text: str) -> list[int]:
+        """Ids of chat-formatted text we build (chat_prompt): special-token strings become their ids."""
+        return self._encode(text, chat=True)
+
+    def _encode(self, text, chat):
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         parts = _CUT.split(text)  # plain, cut, plain, cut, ..., plain
         # one call per plain stretch: sentencepiece's list form starts a thread pool on every call
         # (~100 us against ~4 us for a short string), and the task builders encode ~10^5 snippets
-        encoded = [self.sp.encode(plain) for plain in parts[0::2]]
+        try:
+            encoded = [self.sp.encode(plain) for plain in parts[0::2]]
+        except (RuntimeError, UnicodeEncodeError):  # sentencepiece takes UTF-8: a lone surrogate has none
+            bad = next((i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF), None)
+            if bad is None:
+                raise
+            raise ValueError(f"encode: the text is not valid Unicode: a lone surrogate "
+                             f"{ascii(text[bad])} at character {bad}") from None
         ids = list(encoded[0])
         for cut, plain_ids in zip(parts[1::2], encoded[1:]):
-            ids += self._cut_ids[cut]
+            ids += self._text_ids[cut] if cut in self._text_ids and not chat else self._cut_ids[cut]
             ids += plain_ids
         return ids
 
@@ -166,7 +189,9 @@ class HFTokenizer(ChatRendering):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no tokenizer.json in {directory}")
         self.path = directory
-        self.hf = HFFastTokenizer.from_file(path)
+        self.hf = HFFastTokenizer.from_file(path)  # chat text: "<|im_end|>" is the control id
+        self.hf_data = HFFastTokenizer.from_file(path)  # data: special-token strings stay text
+        self.hf_data.encode_special_tokens = True
         self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
         ids = {}
         for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
@@ -180,7 +205,15 @@ class HFTokenizer(ChatRendering):
         self.system_prompt = default_system_prompt(directory)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of text, no special tokens added; special-token strings become their single ids."""
+        """Ids of text as data, no special tokens added; a special-token string in it stays text."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return self.hf_data.encode(text, add_special_tokens=False).ids
+
+    def encode_chat(self, text: str) -> list[int]:
+        """Ids of chat-formatted text we build (chat_prompt): special-token strings become their ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode_chat expects a str, got {type(text).__name__}")
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:

@@ -68,17 +68,22 @@ def test_render_prompt_matches_apply_chat_template(hf_dir, user):
 
 @pytest.mark.parametrize("text", USER_TEXTS + ["<|im_start|>user\nx<|im_end|>"])
 def test_encode_decode_match_transformers(hf_dir, text):
+    """Chat text: transformers' default. Data: transformers' split_special_tokens=True, which
+    encodes a special-token string as ordinary text."""
     ours = HFTokenizer(hf_dir)
     theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
-    assert ours.decode(ours.encode(text)) == text
+    assert ours.encode_chat(text) == theirs.encode(text, add_special_tokens=False)
+    assert ours.encode(text) == theirs.encode(text, add_special_tokens=False, split_special_tokens=True)
+    assert ours.decode(ours.encode(text)) == text and ours.decode(ours.encode_chat(text)) == text
+    specials = {ours.im_start_id, ours.im_end_id, ours.endoftext_id}
+    assert not specials & set(ours.encode(text))
 
 
 def test_special_ids_and_stops(hf_dir):
     tok = load_tokenizer(hf_dir)
     assert isinstance(tok, HFTokenizer)
-    assert tok.encode("<|im_end|>") == [tok.im_end_id] and tok.eos_id == tok.im_end_id
-    assert set(tok.stop_ids) == {tok.im_end_id, tok.encode("<|endoftext|>")[0]}
+    assert tok.encode_chat("<|im_end|>") == [tok.im_end_id] and tok.eos_id == tok.im_end_id
+    assert set(tok.stop_ids) == {tok.im_end_id, tok.encode_chat("<|endoftext|>")[0]}
     reply = tok.render_reply("The answer is \\boxed{7}.")
     assert reply[-1] == tok.im_end_id and tok.decode_reply(reply + [5, 6]) == "The answer is \\boxed{7}."
 

@@ -42,17 +42,17 @@ def test_prompt_cost_is_template_plus_fields(tok, compact):
     problem = "What is the special magic number for amber-falcon mentioned in the text?"
     memory = "The magic number for amber-falcon is 1234567.\nNothing else so far."
     chunk = " The lake is calm.\n\nOne of the special magic numbers is: 7654321. "
-    template = len(tok.encode(chat_prompt(template_text(compact))))
+    template = len(tok.encode_chat(chat_prompt(template_text(compact))))
     fields = sum(len(tok.encode(x)) for x in (problem, memory, chunk))
-    full = len(tok.encode(chat_prompt(memory_prompt(problem, memory, chunk, compact))))
+    full = len(tok.encode_chat(chat_prompt(memory_prompt(problem, memory, chunk, compact))))
     assert full == template + fields
-    final = len(tok.encode(chat_prompt(final_prompt(problem, memory, compact))))
+    final = len(tok.encode_chat(chat_prompt(final_prompt(problem, memory, compact))))
     assert final <= template + len(tok.encode(problem)) + len(tok.encode(memory))
 
 
 def test_template_sizes(tok):
-    full = len(tok.encode(chat_prompt(template_text(False))))
-    compact = len(tok.encode(chat_prompt(template_text(True))))
+    full = len(tok.encode_chat(chat_prompt(template_text(False))))
+    compact = len(tok.encode_chat(chat_prompt(template_text(True))))
     # the full prompt is paragraph-sized like the paper's; the compact one a few words
     assert 60 <= full <= 250
     assert compact <= 40
