@@ -425,6 +425,9 @@ def load_data(cfg):
         data = tasks.HotpotQA(cfg.data) if cfg.data.endswith(".json") else tasks.load_jsonl(cfg.data)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"train.py: {e}")
+    if getattr(data, "skipped", None):
+        print0(f"{cfg.data}: set aside {len(data.skipped)} question(s) whose answer is empty once normalized "
+               f"(every reply would match it), the first: question {data.skipped[0]}")
     if len(data) <= cfg.eval_n:
         raise SystemExit(f"train.py: {cfg.data} has {len(data)} samples and the last --eval-n {cfg.eval_n} "
                          f"are held out for evaluation, which leaves none to train on; lower --eval-n")

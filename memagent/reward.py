@@ -180,6 +180,8 @@ def score_answer(response: str, answers: list[str]) -> dict:
 
     EM, sub-EM and F1 take the best reference; match_all / match_part are RULER's.
     """
+    if not answers:
+        raise ValueError("score_answer: a sample needs at least one reference answer")
     boxed = extract_boxed(response)
     pred = boxed if boxed is not None else ""
     return {

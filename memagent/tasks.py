@@ -40,7 +40,7 @@ import sys
 import time
 from fractions import Fraction
 
-from memagent.reward import REWARD_KIND
+from memagent.reward import REWARD_KIND, normalize_answer
 
 LENGTH_TOLERANCE = 0.02  # a context's token count is within 2% of the requested length
 
@@ -836,11 +836,22 @@ def load_jsonl(path) -> list[dict]:
         if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() for a in answers)):
             raise ValueError(f"{path}, line {lineno}: answers must be a non-empty list of non-empty strings "
                              f"(an empty one is in every reply), got {json.dumps(answers)[:60]}")
+        if not all(normalize_answer(a) for a in answers):  # "the", "." -> "": sub-EM would pass any reply
+            raise ValueError(f"{path}, line {lineno}: an answer is empty once normalized (lowercase, no "
+                             f"punctuation, no a/an/the), so every reply would match it: {json.dumps(answers)[:60]}")
+        for key in ("question", "context"):
+            try:
+                sample[key].encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON allows "\ud800" escapes, which no text encodes
+                raise ValueError(f"{path}, line {lineno}: {key} is not valid Unicode (a lone surrogate "
+                                 f"at character {e.start})") from None
         task = sample.get("task", "hotpotqa")
         if not isinstance(task, str) or task not in REWARD_KIND:
             raise ValueError(f"{path}, line {lineno}: unknown task {task!r} (it decides the "
                              f"reward); known: {', '.join(sorted(REWARD_KIND))}")
         samples.append(sample)
+    if not samples:
+        raise ValueError(f"{path}: no samples (the file is empty or holds only blank lines)")
     return samples
 
 
@@ -885,6 +896,8 @@ def _check_hotpotqa_item(item):
                 and all(isinstance(x, str) for x in p[1]))
     if not isinstance(item["context"], list) or not all(is_paragraph(p) for p in item["context"]):
         return "context is not a list of [title, [sentences]] pairs"
+    if not item["context"]:
+        return "context is empty (no paragraphs of its own)"
     facts = item.get("supporting_facts", [])
     if not isinstance(facts, list) or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str)
                                               for f in facts):
@@ -912,7 +925,13 @@ class HotpotQA:
             problem = _check_hotpotqa_item(item)
             if problem:
                 raise ValueError(f"{path}: question {i}: {problem}")
-        self.items = data
+        # an answer that normalizes to nothing ("The", "-") is in every reply by sub-EM: a free
+        # reward. Such questions are set aside (their indices in `skipped`), not the whole file
+        self.skipped = [i for i, item in enumerate(data) if not normalize_answer(item["answer"])]
+        self.items = [item for item in data if normalize_answer(item["answer"])]
+        if not self.items:
+            raise ValueError(f"{path}: no questions" + (" with an answer that survives normalization"
+                                                        if data else " (an empty list)"))
         # every distinct paragraph, in a fixed order; paragraph text = its sentences joined as-is
         self.paragraphs = sorted({(t, "".join(s)) for item in data for t, s in item["context"]})
         self.index = {p: i for i, p in enumerate(self.paragraphs)}
@@ -929,6 +948,9 @@ class HotpotQA:
             raise ValueError("HotpotQA.sample: give n_docs or length, not both")
         if length is not None and tokenizer is None:
             raise ValueError("HotpotQA.sample: a length in tokens needs a tokenizer")
+        if not 0 <= qi < len(self.items):
+            raise ValueError(f"HotpotQA.sample: question {qi} is out of range: {self.path} has "
+                             f"{len(self.items)} questions")
         item, paragraphs = self.items[qi], self.paragraphs
         rng = random.Random(seed * 1_000_003 + qi)
         own = list(dict.fromkeys(self.index[(t, "".join(s))] for t, s in item["context"]))
@@ -973,7 +995,8 @@ class HotpotQA:
 
 def load_hotpotqa(path, n_docs=None, length=None, tokenizer=None, seed=0, n=None) -> list[dict]:
     """RULER-HotpotQA samples of the first n questions (all by default) of an official HotpotQA
-    JSON file (which users bring); sizes as in `HotpotQA.sample`."""
+    JSON file (which users bring); sizes as in `HotpotQA.sample`. Questions whose answer is
+    empty once normalized are left out (HotpotQA.skipped)."""
     corpus = HotpotQA(path)
     return [corpus.sample(qi, n_docs=n_docs, length=length, tokenizer=tokenizer, seed=seed)
             for qi in range(len(corpus))[:n]]

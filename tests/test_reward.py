@@ -102,6 +102,8 @@ def test_reward_errors_and_table():
         compute_reward("nope", r"\boxed{1}", ["1"])
     with pytest.raises(ValueError, match="at least one"):
         compute_reward("vt", r"\boxed{1}", [])
+    with pytest.raises(ValueError, match="score_answer: .*at least one"):
+        score_answer(r"\boxed{1}", [])
     # every generated task, plus real HotpotQA, has a reward kind
     assert set(REWARD_KIND) == set(tasks.TASKS) | {"hotpotqa"}
     assert {k for k, v in REWARD_KIND.items() if v == "all"} == \

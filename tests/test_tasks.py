@@ -290,6 +290,15 @@ def test_jsonl_round_trip_and_errors(tok, tmp_path):
     bad.write_text(json.dumps({"question": "q", "context": "c", "answers": ["1"], "task": ["vt"]}) + "\n")
     with pytest.raises(ValueError, match=r"line 1: unknown task \['vt'\]"):
         load_jsonl(bad)
+    bad.write_text(json.dumps({"question": "q", "context": "c", "answers": ["7", "The."]}) + "\n")
+    with pytest.raises(ValueError, match="line 1: an answer is empty once normalized"):
+        load_jsonl(bad)  # "the." normalizes to "", which sub-EM finds in every reply
+    bad.write_text('{"question": "q", "context": "a\\ud800b", "answers": ["1"]}\n')
+    with pytest.raises(ValueError, match="line 1: context is not valid Unicode"):
+        load_jsonl(bad)  # JSON's "\ud800" escape: no UTF-8 for the tokenizer
+    bad.write_text("\n  \n")
+    with pytest.raises(ValueError, match="bad.jsonl: no samples"):
+        load_jsonl(bad)
     with pytest.raises(ValueError, match="cannot read it"):
         load_jsonl(tmp_path)  # a directory
 
@@ -408,12 +417,31 @@ def test_load_hotpotqa_errors(tok, tmp_path):
     ({"question": "q", "answer": "a", "context": [["T", [1, 2]]]}, r"context is not a list of \[title"),
     ({"question": "q", "answer": "a", "context": [["T", ["s."]]], "supporting_facts": [["T"]]},
      "supporting_facts is not a list"),
+    ({"question": "q", "answer": "a", "context": []}, "context is empty"),
 ])
 def test_hotpotqa_file_of_the_wrong_shape_is_named(tmp_path, item, message):
     path = tmp_path / "hotpot.json"
     path.write_text(json.dumps([item]))
     with pytest.raises(ValueError, match=f"hotpot.json: question 0: {message}"):
         load_hotpotqa(str(path))
+
+
+def test_hotpotqa_sets_aside_answers_that_normalize_to_nothing_and_refuses_empty_files(tmp_path):
+    """An answer like "The" normalizes to "" and would match every reply: that question is set
+    aside (named in `skipped`), the others stay; a file with no usable question is an error."""
+    path = tmp_path / "hotpot.json"
+    items = [{"question": f"q{i}", "answer": a, "context": [[f"T{i}", ["s."]]]}
+             for i, a in enumerate(["Paris", "The", "1990"])]
+    path.write_text(json.dumps(items))
+    corpus = tasks.HotpotQA(str(path))
+    assert corpus.skipped == [1] and [corpus.sample(i)["answers"] for i in range(len(corpus))] == [["Paris"], ["1990"]]
+    with pytest.raises(ValueError, match="question 2 is out of range: .* has 2 questions"):
+        corpus.sample(2)
+    with pytest.raises(ValueError, match="question -1 is out of range"):
+        corpus.sample(-1)
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="hotpot.json: no questions"):
+        tasks.HotpotQA(str(path))
 
 
 def test_non_utf8_files_are_named(tmp_path):
