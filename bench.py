@@ -133,20 +133,29 @@ def bench_agent(args):
     import subprocess
     import sys
 
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"# agent: {args.model}, {args.batch[0]} documents of {args.task}, chunk {args.chunk_tokens} / memory "
+    cuda = torch.device(args.device).type == "cuda"
+    name = torch.cuda.get_device_name(args.device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    if not args.json:
+        print(f"# agent: {args.model}, {args.batch[0]} documents of {args.task}, chunk {args.chunk_tokens} / memory "
           f"{args.memory_tokens} / answer {args.answer_tokens} tokens, on {name}"
-          + (", decode from a CUDA graph" if args.cuda_graph else ""))
-    print(f"{'x':>4} {'context tok':>12} {'turns':>5} {'seconds':>8} {'context tok/s':>13} "
-          f"{'us/token':>9} {'vs 1x':>6} {'peak MB':>8}")
+              + (", decode from a CUDA graph" if args.cuda_graph else ""))
+        print(f"{'x':>4} {'context tok':>12} {'turns':>5} {'seconds':>8} {'context tok/s':>13} "
+              f"{'us/token':>9} {'vs 1x':>6} {'peak MB':>8}")
     base = None
     for m in args.multiples:
         cmd = [sys.executable, __file__, "--agent-one", str(m)] + sys.argv[1:]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:  # its last line says why (the whole traceback: run it with --agent-one)
-            sys.exit(f"bench: the {m}x run failed: {out.stderr.strip().splitlines()[-1]}")
+            why = out.stderr.strip().splitlines()[-1:] or [
+                f"it exited with code {out.returncode} and said nothing"
+                + (" (killed by a signal: out of memory?)" if out.returncode < 0 else "")]
+            sys.exit(f"bench: the {m}x run failed: {why[0]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         base = base or r["us_per_context_token"]
+        r["vs_1x"] = r["us_per_context_token"] / base
+        if args.json:
+            print(json.dumps(dict(r, model=args.model, device=name)))
+            continue
         print(f"{m:4d} {r['context_tokens']:12d} {r['turns']:5d} {r['seconds']:8.1f} {r['context_tok_s']:13.0f} "
               f"{r['us_per_context_token']:9.1f} {r['us_per_context_token'] / base:6.2f} {r['peak_mem_mb']:8.0f}")
 
@@ -173,7 +182,8 @@ def main():
     agent.add_argument("--chunk-tokens", type=int, default=512)
     agent.add_argument("--memory-tokens", type=int, default=128)
     agent.add_argument("--answer-tokens", type=int, default=32)
-    agent.add_argument("--tokenizer-dir", default="out/tokenizer")
+    agent.add_argument("--tokenizer-dir", default="out/tokenizer",
+                       help="our tokenizer's folder (trained there, in seconds, if it holds none)")
     agent.add_argument("--agent-one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.batch = args.batch or ([4] if (args.agent or args.agent_one) else [1, 8])
@@ -194,6 +204,14 @@ def main():
                 f"got {args.new_tokens}")
     if min(args.batch) < 1 or args.prompt_len < 1:
         p.error("--batch and --prompt-len must be >= 1")
+    if args.vocab_size is not None and args.vocab_size < 1:
+        p.error(f"--vocab-size must be >= 1, got {args.vocab_size}")
+    if (args.agent or args.agent_one) and len(args.batch) > 1:
+        p.error(f"agent mode reads one --batch of documents at every length, got {len(args.batch)} values")
+    positions = config_from_preset(args.model).max_position_embeddings
+    if not (args.agent or args.agent_one) and args.prompt_len + args.new_tokens > positions:
+        p.error(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds {args.model}'s "
+                f"{positions} positions")
     if args.agent_one is not None:
         return bench_agent_one(args)
     if args.agent:

@@ -22,6 +22,7 @@ documents; `--baseline-positions N` lets it read past the positions it was built
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -73,6 +74,9 @@ def read_document(path):
         fail(f"{path} is not UTF-8 text (invalid byte at offset {e.start})")
     if not text.strip():
         fail(f"{path} is empty: there is nothing to read")
+    if "\x00" in text:  # valid UTF-8 can still be binary (or UTF-16 without its byte-order mark)
+        fail(f"{path} holds NUL bytes (first at character {text.index(chr(0))}): a binary file, or "
+             f"text in another encoding than UTF-8")
     return text
 
 
@@ -123,6 +127,9 @@ def run_one(model, tokenizer, sample, cfg, args):
 
 
 def peak_memory_mb(device):
+    """CUDA: the peak allocated since the last reset (one length's own). CPU: the process's peak
+    resident memory so far, which never goes down: every earlier length (and the model) is in it.
+    (bench.py --agent runs each length in its own process for a per-length CPU figure.)"""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     import resource
@@ -144,7 +151,8 @@ def turn_decisions(tokenizer, sample, rollout, cfg):
     memory before: "asked" (it holds the answer), "other" (another needle's value), "nothing".
     the chunk's needle: "asked" or "other". A needle that a chunk boundary cuts is in no chunk.
     the reply: "take" (holds the chunk's value and none that the memory held), "keep" (holds what
-    the memory held and not the chunk's value), "other" (both, neither, or something else).
+    the memory held and not the chunk's value; from "nothing": the reply does not hold the
+    chunk's value, it let the needle pass), "other" (both, neither, or something else).
     This is what RL has to change on a selective task: from a warm start that keeps or takes
     whatever comes, to "take the asked needle, keep it against every other" (README).
     """
@@ -195,6 +203,17 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
     trained_positions) it is not run.
     """
     device = model.lm_head.weight.device
+    # warm-up (kernels, cuBLAS, a CUDA graph's first capture) off the clock: one chunk, short replies
+    try:
+        first = make_sample_retry(args.task, lengths[0], args.seed, tokenizer)
+    except ValueError as e:
+        fail(str(e))
+    first["context"] = tokenizer.decode(tokenizer.encode(first["context"])[:cfg.chunk_tokens])
+    short = dataclasses.replace(cfg, memory_tokens=min(cfg.memory_tokens, 8), answer_tokens=min(cfg.answer_tokens, 8))
+    try:
+        run_agent(model, tokenizer, [first] * min(args.batch, args.n), short, seed=args.seed)
+    except ValueError as e:  # the window check: the geometry does not fit the model's positions
+        fail(str(e))
     rows = []
     for length_text, length in zip(args.lengths, lengths):
         try:
@@ -209,7 +228,7 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
         for start in range(0, len(samples), args.batch):  # documents of one length read together
             batch = samples[start:start + args.batch]
             try:
-                rollouts = run_agent(model, tokenizer, batch, cfg, seed=args.seed)
+                rollouts = run_agent(model, tokenizer, batch, cfg, seed=args.seed + start)  # each batch its own draws
             except ValueError as e:  # the window check: the geometry does not fit the model's positions
                 fail(str(e))
             for r in rollouts:
@@ -228,6 +247,7 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
                    metric=EVAL_METRIC[args.task], metric_score=100 * sum(metric) / len(metric),
                    memory_holds_answer=100 * sum(held) / len(held),
                    context_tok_s=tokens / seconds, seconds=seconds, peak_mem_mb=peak_memory_mb(device),
+                   peak_mem="this length" if device.type == "cuda" else "process",
                    # the agent's longest conversation (check_window returns it; no window limit here)
                    kv_mb=kv_megabytes(model, check_window(tokenizer, [problem], cfg, 10**12)),
                    decisions=decision_table(decisions))
@@ -258,7 +278,7 @@ def run_baseline(baseline, samples, args, tokens):
     try:
         for start in range(0, len(samples), args.batch):
             answers += run_full_attention(model, tokenizer, samples[start:start + args.batch],
-                                          answer_tokens, compact, temperature=args.temperature, seed=args.seed,
+                                          answer_tokens, compact, temperature=args.temperature, seed=args.seed + start,
                                           top_p=args.top_p, top_k=args.top_k, cuda_graph=args.cuda_graph)
     except torch.cuda.OutOfMemoryError:
         status = "out of memory"
@@ -286,6 +306,8 @@ def print_table(rows):
             print(f"{r['length']:8d} {r['accuracy']:10.1f} {r['metric_score']:12.1f} {r['memory_holds_answer']:21.1f} "
                   f"{r['n']:4d} {r['context_tok_s']:13.0f} {r['seconds']:8.1f} {r['peak_mem_mb']:8.0f} "
                   f"{r['kv_mb']:9.2f}")
+        if rows[0]["peak_mem"] == "process":
+            print("(peak MB on the CPU: the process's peak resident memory so far, earlier lengths included)")
         return
     m = rows[0]["metric"]
     print(f"| length | n | MemAgent acc % | MemAgent {m} % | MemAgent s | MemAgent KV MB/doc | full attention acc % | "
@@ -371,8 +393,10 @@ def main(argv=None):
         fail("--baseline goes with --eval (it adds the full-attention columns to the table)")
     if args.baseline_positions is not None and (not args.baseline or args.baseline_positions < 1):
         fail("--baseline-positions needs --baseline and a positive number of positions")
-    if args.file is not None and not args.question:
-        fail("--file needs --question")
+    if args.file is not None and not (args.question or "").strip():
+        fail("--file needs --question (a non-blank one)")
+    if args.seed < 0:  # random.Random(-s) is random.Random(s): seed -5 would build seed 5's document
+        fail(f"--seed must be >= 0, got {args.seed}")
     if args.question is not None and args.file is None:
         fail("--question goes with --file (a --task sample brings its own question)")
     if args.eval and args.file is not None:
@@ -392,7 +416,7 @@ def main(argv=None):
         fail(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
     # every length parsed before minutes of work on the first
     lengths = [parse_length_or_fail(text) for text in args.lengths]
-    length = parse_length_or_fail(args.length or "4k")
+    length = parse_length_or_fail("4k" if args.length is None else args.length)
     try:
         device = check_device(args.device)
     except ValueError as e:

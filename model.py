@@ -535,6 +535,8 @@ def check_device(name):
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, ...: this code runs on neither
+        raise ValueError(f"{name}: device type {device.type!r} is not supported; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{name}: this torch has no CUDA device (torch.cuda.is_available() is False)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

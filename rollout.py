@@ -25,6 +25,7 @@ call and replays it every step (gpt-fast's trick); the static cache makes that p
 replay must see the same tensors at the same addresses: `CudaGraphDecoder` below.
 """
 
+import math
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -74,9 +75,9 @@ MIN_TEMPERATURE = 1e-6  # below it a sample is the argmax in all but name (and n
 
 def check_sampling(temperature, top_k, top_p):
     """Raise a clear error for sampling settings that have no meaning."""
-    if not (temperature == 0 or temperature >= MIN_TEMPERATURE):
-        raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (below that sampling is "
-                         f"greedy in all but name), got {temperature}")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+        raise ValueError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE} (below "
+                         f"that sampling is greedy in all but name; infinity is uniform noise), got {temperature}")
     if not isinstance(top_k, Integral) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
     if not 0 < top_p <= 1:

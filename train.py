@@ -304,9 +304,9 @@ def parse_args(argv=None):
                      "group's mean, so a group of one has none (dynamic sampling would drop every group)")
     if min(cfg.chunk_tokens, cfg.memory_tokens, cfg.answer_tokens) < 1:
         parser.error("--chunk-tokens, --memory-tokens and --answer-tokens must be >= 1")
-    if not cfg.temperature >= MIN_TEMPERATURE:
-        parser.error(f"--temperature must be >= {MIN_TEMPERATURE}: RL samples its rollouts (greedy rollouts "
-                     f"of a group are identical and carry no signal); got {cfg.temperature}")
+    if not MIN_TEMPERATURE <= cfg.temperature < math.inf:
+        parser.error(f"--temperature must be finite and >= {MIN_TEMPERATURE}: RL samples its rollouts (greedy "
+                     f"rollouts of a group are identical and carry no signal); got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         parser.error(f"--top-p must be in (0, 1], got {cfg.top_p}")
     if cfg.seed < 0:  # (seeds of samples and rollouts are built from it; random.Random(-s) is random.Random(s))

@@ -57,7 +57,11 @@ def test_decode_bound_reads_only_the_batch_rows_of_an_untied_embedding():
 def test_bad_sizes_are_one_line_errors():
     for flags, message in ((["--new-tokens", "1"], "--new-tokens must be >= 2"),
                            (["--batch", "0"], "--batch and --prompt-len must be >= 1"),
-                           (["--cuda-graph"], "--cuda-graph needs a CUDA device")):
+                           (["--cuda-graph"], "--cuda-graph needs a CUDA device"),
+                           (["--vocab-size", "0"], "--vocab-size must be >= 1"),
+                           (["--prompt-len", "2047", "--new-tokens", "2"], "exceeds tiny's 2048 positions"),
+                           (["--agent", "--batch", "1", "4"], "agent mode reads one --batch"),
+                           (["--device", "meta"], "device type 'meta' is not supported")):
         out = subprocess.run([sys.executable, "bench.py", "--device", "cpu"] + flags, cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

@@ -167,6 +167,9 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseli
     (lambda d: ["--task", "vt", "--device", "gpu"], "--device: unknown device 'gpu'"),
     (lambda d: ["--task", "nope"], "unknown task 'nope'"),
     (lambda d: ["--file", str(d.joinpath("ok.txt"))], "--file needs --question"),
+    (lambda d: ["--file", str(d.joinpath("ok.txt")), "--question", "  "], "--file needs --question (a non-blank one)"),
+    (lambda d: ["--file", str(d.joinpath("nul.txt")), "--question", "q"], "holds NUL bytes (first at character 3)"),
+    (lambda d: ["--task", "vt", "--length", ""], "cannot read length ''"),
     (lambda d: ["--task", "vt", "--baseline", "x"], "--baseline goes with --eval"),
     (lambda d: ["--task", "vt", "--eval", "--baseline-positions", "4096"], "--baseline-positions needs --baseline"),
     (lambda d: ["--task", "vt", "--question", "q"], "--question goes with --file"),
@@ -177,7 +180,10 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseli
     (lambda d: ["--task", "vt", "--eval", "--batch", "0"], "--n and --batch must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "0"], "--chunk-tokens must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "-5"], "--chunk-tokens must be >= 1"),
-    (lambda d: ["--task", "vt", "--temperature", "-1"], "--temperature must be 0 (greedy) or >= 1e-06"),
+    (lambda d: ["--task", "vt", "--temperature", "-1"], "--temperature must be 0 (greedy) or a finite number >= 1e-06"),
+    (lambda d: ["--task", "vt", "--temperature", "inf"], "infinity is uniform noise"),
+    (lambda d: ["--task", "vt", "--device", "meta"], "--device: meta: device type 'meta' is not supported"),
+    (lambda d: ["--task", "vt", "--seed", "-5"], "--seed must be >= 0"),
     (lambda d: ["--task", "vt", "--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (lambda d: ["--task", "vt", "--top-k", "-2"], "--top-k must be an integer >= 0"),
 ])
@@ -185,6 +191,7 @@ def test_bad_input_is_one_clear_line(ckpt, tmp_path, capsys, make, message):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "ok.txt").write_text("some text")
+    (tmp_path / "nul.txt").write_bytes(b"abc\x00\x00")
     code, _, err = run(["--ckpt", ckpt] + make(tmp_path), capsys)
     assert code == 2 and message in err
     assert err.startswith("infer.py: error:") and "Traceback" not in err
