@@ -31,6 +31,9 @@ Three stages, each a function that reads top to bottom:
 window (documents from 1x up to the longest that fits), evaluated at the same scales; lengths
 beyond its window get no score. infer.py --eval --baseline puts the two side by side.
 
+--max-chunks N (the paper recipes' 8) caps what training reads: a longer document keeps its first
+and last N x chunk_tokens / 2 tokens in the warm start and in RL; evaluation reads every chunk.
+
 Outputs in --out-dir: tokenizer/, warmstart/ (model checkpoint), ckpt/ (model + optimizer + step,
 written atomically every --save-every steps, what --resume continues from), rl/ (final model),
 metrics.jsonl (one line per RL step), eval.json, curves.png (if matplotlib is installed).
