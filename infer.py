@@ -209,7 +209,8 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
     except ValueError as e:
         fail(str(e))
     first["context"] = tokenizer.decode(tokenizer.encode(first["context"])[:cfg.chunk_tokens])
-    short = dataclasses.replace(cfg, memory_tokens=min(cfg.memory_tokens, 8), answer_tokens=min(cfg.answer_tokens, 8))
+    short = dataclasses.replace(cfg, memory_tokens=min(cfg.memory_tokens, 8),
+                                answer_tokens=min(cfg.answer_tokens, 8))
     try:
         run_agent(model, tokenizer, [first] * min(args.batch, args.n), short, seed=args.seed)
     except ValueError as e:  # the window check: the geometry does not fit the model's positions
@@ -228,7 +229,8 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
         for start in range(0, len(samples), args.batch):  # documents of one length read together
             batch = samples[start:start + args.batch]
             try:
-                rollouts = run_agent(model, tokenizer, batch, cfg, seed=args.seed + start)  # each batch its own draws
+                # (seed + start: each batch its own draws when sampling)
+                rollouts = run_agent(model, tokenizer, batch, cfg, seed=args.seed + start)
             except ValueError as e:  # the window check: the geometry does not fit the model's positions
                 fail(str(e))
             for r in rollouts:
@@ -277,9 +279,8 @@ def run_baseline(baseline, samples, args, tokens):
     answers, status = [], "ok"
     try:
         for start in range(0, len(samples), args.batch):
-            answers += run_full_attention(model, tokenizer, samples[start:start + args.batch],
-                                          answer_tokens, compact, temperature=args.temperature, seed=args.seed + start,
-                                          top_p=args.top_p, top_k=args.top_k, cuda_graph=args.cuda_graph)
+            answers += run_full_attention(model, tokenizer, samples[start:start + args.batch], answer_tokens,
+                                          compact, temperature=args.temperature, seed=args.seed + start, top_p=args.top_p, top_k=args.top_k, cuda_graph=args.cuda_graph)
     except torch.cuda.OutOfMemoryError:
         status = "out of memory"
     seconds = time.perf_counter() - t0

@@ -126,8 +126,8 @@ class Tokenizer(ChatRendering):
 
     def encode(self, text: str) -> list[int]:
         """Ids of text as data (a question, a document, a reply), no BOS/EOS added. A special-token
-        string in it stays text: "<|im_end|>" becomes ordinary pieces (bytes where the vocabulary has none), not the
-        control id, and decodes back to the same string."""
+        string in it stays text: "<|im_end|>" becomes ordinary pieces (bytes where the vocabulary
+        has none), not the control id, and decodes back to the same string."""
         return self._encode(text, chat=False)
 
     def encode_chat(self, text: str) -> list[int]:
