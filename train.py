@@ -223,7 +223,8 @@ HELP = {
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position) with the same "
-              "training flags (a changed one is refused by name; --rl-steps, evaluation and system flags may change)",
+              "training flags (a changed one is refused by name; --rl-steps, evaluation flags and the system flags "
+              "that leave the numbers alone may change, not --seed or --dtype)",
     "grad_clip": "max gradient norm, warm start and RL (0 = no clipping)",
     "baseline": "train the FULL-ATTENTION baseline instead: the agent's warm start (or --init-from), "
                 "then --baseline-steps supervised steps answering with the whole document in the "
@@ -1410,12 +1411,14 @@ def note_if_rl_flat(cfg, table, gain=0.2):
 
 
 def print_table(table):
-    scales = list(next(iter(table.values())).keys())
+    """Markdown table, one row per policy. Columns: every scale any row has (a --resume run may
+    evaluate at other --eval-scales than its warm start was): "-" where a row has none."""
+    scales = list(dict.fromkeys(s for row in table.values() for s in row))
     print0("\n| policy | " + " | ".join(scales) + " |")
     print0("|---|" + "---|" * len(scales))
     for name, row in table.items():
-        print0(f"| {name} | " + " | ".join("beyond window" if row[s] is None else f"{100 * row[s]:.1f}"
-                                           for s in scales) + " |")
+        print0(f"| {name} | " + " | ".join("-" if s not in row else "beyond window" if row[s] is None
+                                           else f"{100 * row[s]:.1f}" for s in scales) + " |")
 
 
 def plot(history, path):

@@ -408,6 +408,14 @@ def test_evaluation_reports_what_the_final_memory_holds_and_warns_without_a_copy
     assert re.search(r"warning: .* 34% of documents at 4x: .*learn\n", capsys.readouterr().out)  # no --seed hint
 
 
+def test_table_has_every_scale_of_every_row(capsys):
+    """A --resume run evaluated at other --eval-scales than its warm start: the columns are the
+    union, "-" where a policy was not evaluated (it crashed with a KeyError before)."""
+    train.print_table({"warm start": {"1x": 0.25, "2x": 0.5}, "RL": {"1x": 1.0, "4x": None}})
+    assert capsys.readouterr().out == ("\n| policy | 1x | 2x | 4x |\n|---|---|---|---|\n"
+                                       "| warm start | 25.0 | 50.0 | - |\n| RL | 100.0 | - | beyond window |\n")
+
+
 def test_a_flat_rl_run_ends_with_a_note(capsys):
     """After the table: a note when RL gained under 20 points at the first length (oracle: the
     hand-made tables below), silence when it rose or when there is nothing to compare."""
