@@ -208,6 +208,20 @@ def test_a_document_that_spells_chat_tokens_cannot_close_the_turn():
     assert r.reward == 1.0
 
 
+def test_each_turn_gets_its_own_budget():
+    """Memory turns may write memory_tokens (40), the final turn answer_tokens (12): what the
+    policy is handed, turn by turn, for a batch of mixed lengths."""
+    seen = []
+    inner = scripted_policy([])
+
+    def recording(prompts, budgets, stop_ids, cfg):
+        seen.extend(("Text:" in TOK.decode(p), b) for p, b in zip(prompts, budgets))
+        return inner(prompts, budgets, stop_ids, cfg)
+    run_agent(None, TOK, samples_of_lengths([3, 1]), CFG, group_size=2, policy=recording, max_positions=512)
+    assert sorted(set(seen)) == [(False, CFG.answer_tokens), (True, CFG.memory_tokens)]
+    assert len(seen) == 2 * (4 + 2)
+
+
 def test_truncated_memory_is_cut_at_budget_and_marked():
     log = []
     cfg = AgentConfig(chunk_tokens=60, memory_tokens=8, answer_tokens=12, compact_prompts=True)

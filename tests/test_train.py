@@ -1,8 +1,10 @@
 """Tests of train.py: recipes and flags, clear errors, the warm start's targets, the scoring forward,
 and the whole pipeline on the tiny model (smoke run, exact resume, NaN stop, 2-process gloo DDP)."""
+import copy
 import dataclasses
 import doctest
 import json
+import math
 import os
 import random
 import re
@@ -681,6 +683,110 @@ def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
     assert logp.requires_grad
     for c, row in zip(convs, logp.detach().tolist()):
         assert row[:len(c.response_ids)] == scored[id(c)]  # bit for bit: every ratio is exactly 1
+
+
+def test_rl_step_update_equals_the_dapo_formula_written_out(monkeypatch):
+    """rl_step end to end against the loss written out by hand, on scripted rollouts.
+
+    Two groups of 3 rollouts (2 ragged conversations each), 2 mini-batches (one group each), plain
+    SGD at lr 0.05, KL to a different reference (coef 0.1). Oracle, per mini-batch m with N_m
+    response tokens:
+        loss_m = (1/N_m) sum over its tokens of [ -min(r A, clip(r, 0.8, 1.28) A)
+                                                  + 0.1 (exp(ref - new) - (ref - new) - 1) ]
+    r = exp(new - old), old = the policy before any update; A = the rollout's advantage, by hand:
+    rewards [1, 0, 0] -> (2/3, -1/3, -1/3) / sqrt(1/3); rewards [0.5, 1, 0] -> (0, 1, -1).
+    The oracle runs plain full forwards, one conversation at a time, and updates a copy of the
+    model. Flipping A's sign, giving a conversation another rollout's A, dropping the std, swapping
+    the clip bounds, mis-normalizing the token-mean or scoring KL against the policy all fail here."""
+    from rollout import Conversation, Rollout
+    torch.manual_seed(0)
+    V, lr, kl_coef = 48, 0.05, 0.1
+    model = Qwen2(config_from_preset("tiny", vocab_size=V))
+    ref = Qwen2(config_from_preset("tiny", vocab_size=V)).eval()  # another init: KL is not 0
+    rng = random.Random(1)
+    rewards = [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0]]
+    advantages = [[a / math.sqrt(1 / 3) for a in (2 / 3, -1 / 3, -1 / 3)], [0.0, 1.0, -1.0]]
+    groups, k = [], 0
+    for g, group_rewards in enumerate(rewards):
+        group = []
+        for m, reward in enumerate(group_rewards):
+            convs = []
+            for turn in range(2):
+                response = [rng.randrange(1, V) for _ in range(rng.randint(1, 6))]
+                convs.append(Conversation(rollout=k, sample=g, turn=turn, is_final=turn == 1,
+                                          prompt_ids=[rng.randrange(1, V) for _ in range(rng.randint(3, 12))],
+                                          response_ids=response, logprobs=[0.0] * len(response), truncated=False))
+            r = Rollout(sample=g, member=m, conversations=convs, memories=[], answer="", reward=reward)
+            r.accuracy = reward
+            group.append(r)
+            k += 1
+        groups.append(group)
+    first = [r for g in groups for r in g]
+    monkeypatch.setattr(train, "collect_rollouts", lambda *a, **kw: (groups, (2, 2), first, 0, 1))
+    cfg = train.parse_args(["--recipe", "smoke", "--device", "cpu", "--mini-batches", "2", "--batch-size", "2",
+                            "--group-size", "3", "--lr", str(lr), "--warmup-steps", "0", "--grad-clip", "0",
+                            "--kl-coef", str(kl_coef), "--micro-batch", "4", "--temperature", "1.0"])
+
+    def logp_of(net, c):  # (R,) log-probs of c's response tokens: one plain full forward
+        ids = torch.tensor([c.prompt_ids + c.response_ids])
+        logits = net(ids)[0, len(c.prompt_ids) - 1:-1]  # the positions that predict the response
+        return logits.log_softmax(-1).gather(-1, torch.tensor(c.response_ids)[:, None])[:, 0]
+
+    oracle = copy.deepcopy(model)
+    with torch.no_grad():
+        old = {id(c): logp_of(oracle, c) for g in groups for r in g for c in r.conversations}
+        ref_lp = {id(c): logp_of(ref, c) for g in groups for r in g for c in r.conversations}
+    clipped = between = 0  # tokens the clip zeroes; of them, those where swapped bounds would not
+    for g, group in enumerate(groups):  # mini-batch g holds group g
+        convs = [(c, advantages[g][m]) for m, r in enumerate(group) for c in r.conversations]
+        n_tokens = sum(len(c.response_ids) for c, _ in convs)
+        loss = 0.0
+        for c, a in convs:
+            new = logp_of(oracle, c)
+            ratio = torch.exp(new - old[id(c)])
+            surrogate = torch.minimum(ratio * a, ratio.clamp(1 - 0.2, 1 + 0.28) * a)
+            d = ref_lp[id(c)] - new
+            loss = loss + (-surrogate + kl_coef * (torch.exp(d) - d - 1)).sum() / n_tokens
+            if a != 0:
+                outside = (ratio > 1.28) if a > 0 else (ratio < 0.8)
+                clipped += int(outside.sum())
+                between += int(((ratio > 1.2) & (ratio <= 1.28)).sum() if a > 0 else ((ratio >= 0.72) & (ratio < 0.8)).sum())
+        oracle.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for p in oracle.parameters():
+                p -= lr * p.grad
+    assert clipped > 0 and between > 0  # the second mini-batch is off-policy enough for the clip to bind
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    train.rl_step(cfg, model, ref, optimizer, None, None, step=0)
+    for (name, p), q in zip(model.named_parameters(), oracle.parameters()):
+        torch.testing.assert_close(p, q, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_overlong_penalty_reads_each_turns_own_budget_and_accuracy_stays_the_task_reward(monkeypatch):
+    """cpu-demo's buffer of 1 with memory budget 5 and answer budget 16 (hand-computed): a memory
+    reply of 5 tokens fills its budget (-1); an answer of 15 is below 16 - 1 (0); accuracy keeps
+    the task reward before the penalty."""
+    from rollout import Conversation, Rollout
+    cfg = train.parse_args(["--device", "cpu", "--no-dynamic-sampling", "--batch-size", "2", "--group-size", "2"])
+    assert (cfg.memory_tokens, cfg.answer_tokens, cfg.overlong_buffer) == (5, 16, 1)
+    lengths = {0: (5, 3), 1: (3, 15), 2: (4, 16), 3: (4, 4)}  # rollout -> (memory reply, answer) tokens
+
+    def fake_run_agent(model, tok, samples, agent, group_size=1, seed=0, **kwargs):
+        rollouts = []
+        for i in range(len(samples) * group_size):
+            convs = [Conversation(rollout=i, sample=i // group_size, turn=t, is_final=t == 1, prompt_ids=[1],
+                                  response_ids=[7] * n, logprobs=[0.0] * n, truncated=False)
+                     for t, n in enumerate(lengths[i])]
+            rollouts.append(Rollout(sample=i // group_size, member=i % group_size, conversations=convs,
+                                    memories=[], answer="", reward=1.0))
+        return rollouts
+    monkeypatch.setattr(train, "run_agent", fake_run_agent)
+    monkeypatch.setattr(train, "get_sample", lambda *a, **kw: dict(question="q", context="c", answers=["1"]))
+    _, _, first, _, _ = train.collect_rollouts(cfg, None, None, None, 0)
+    assert [r.reward for r in first] == [0.0, 1.0, 0.0, 1.0]
+    assert [r.accuracy for r in first] == [1.0, 1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("device", DEVICES)
