@@ -685,47 +685,59 @@ def test_first_mini_batch_old_logprobs_equal_a_separate_scoring_pass():
         assert row[:len(c.response_ids)] == scored[id(c)]  # bit for bit: every ratio is exactly 1
 
 
-def test_rl_step_update_equals_the_dapo_formula_written_out(monkeypatch):
-    """rl_step end to end against the loss written out by hand, on scripted rollouts.
-
-    Two groups of 3 rollouts (2 ragged conversations each), 2 mini-batches (one group each), plain
-    SGD at lr 0.05, KL to a different reference (coef 0.1). Oracle, per mini-batch m with N_m
-    response tokens:
-        loss_m = (1/N_m) sum over its tokens of [ -min(r A, clip(r, 0.8, 1.28) A)
-                                                  + 0.1 (exp(ref - new) - (ref - new) - 1) ]
-    r = exp(new - old), old = the policy before any update; A = the rollout's advantage, by hand:
-    rewards [1, 0, 0] -> (2/3, -1/3, -1/3) / sqrt(1/3); rewards [0.5, 1, 0] -> (0, 1, -1).
-    The oracle runs plain full forwards, one conversation at a time, and updates a copy of the
-    model. Flipping A's sign, giving a conversation another rollout's A, dropping the std, swapping
-    the clip bounds, mis-normalizing the token-mean or scoring KL against the policy all fail here."""
+def scripted_groups(rewards, vocab_size, seed=1):
+    """Groups of Rollouts (one list of rewards per group), each rollout 2 conversations (a memory
+    turn, the answer) of random prompt and response ids of ragged lengths: rl_step's input."""
     from rollout import Conversation, Rollout
-    torch.manual_seed(0)
-    V, lr, kl_coef = 48, 0.05, 0.1
-    model = Qwen2(config_from_preset("tiny", vocab_size=V))
-    ref = Qwen2(config_from_preset("tiny", vocab_size=V)).eval()  # another init: KL is not 0
-    rng = random.Random(1)
-    rewards = [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0]]
-    advantages = [[a / math.sqrt(1 / 3) for a in (2 / 3, -1 / 3, -1 / 3)], [0.0, 1.0, -1.0]]
+    rng = random.Random(seed)
     groups, k = [], 0
     for g, group_rewards in enumerate(rewards):
         group = []
         for m, reward in enumerate(group_rewards):
             convs = []
             for turn in range(2):
-                response = [rng.randrange(1, V) for _ in range(rng.randint(1, 6))]
-                convs.append(Conversation(rollout=k, sample=g, turn=turn, is_final=turn == 1,
-                                          prompt_ids=[rng.randrange(1, V) for _ in range(rng.randint(3, 12))],
+                response = [rng.randrange(1, vocab_size) for _ in range(rng.randint(1, 6))]
+                prompt = [rng.randrange(1, vocab_size) for _ in range(rng.randint(3, 12))]
+                convs.append(Conversation(rollout=k, sample=g, turn=turn, is_final=turn == 1, prompt_ids=prompt,
                                           response_ids=response, logprobs=[0.0] * len(response), truncated=False))
             r = Rollout(sample=g, member=m, conversations=convs, memories=[], answer="", reward=reward)
             r.accuracy = reward
             group.append(r)
             k += 1
         groups.append(group)
+    return groups
+
+
+@pytest.mark.parametrize("adv_std, lr", [(True, 0.05), (False, 0.08)])  # (lr: some ratios between the bounds)
+def test_rl_step_update_equals_the_dapo_formula_written_out(monkeypatch, adv_std, lr):
+    """rl_step end to end against the loss written out by hand, on scripted rollouts.
+
+    Two groups of 3 rollouts (2 ragged conversations each), 2 mini-batches (one group each), plain
+    SGD (lr 0.05 or 0.08), KL to a different reference (coef 0.1). Oracle, per mini-batch m with N_m
+    response tokens:
+        loss_m = (1/N_m) sum over its tokens of [ -min(r A, clip(r, 0.8, 1.28) A)
+                                                  + 0.1 (exp(ref - new) - (ref - new) - 1) ]
+    r = exp(new - old), old = the policy before any update; A = the rollout's advantage, by hand:
+    rewards [1, 0, 0] -> (2/3, -1/3, -1/3) / sqrt(1/3); rewards [0.5, 1, 0] -> (0, 1, -1); with
+    --no-adv-std (Dr. GRPO) not divided by the std: (2/3, -1/3, -1/3) and (0, 0.5, -0.5).
+    The oracle runs plain full forwards, one conversation at a time, and updates a copy of the
+    model. Flipping A's sign, giving a conversation another rollout's A, dropping the std, swapping
+    the clip bounds, mis-normalizing the token-mean or scoring KL against the policy all fail here."""
+    torch.manual_seed(0)
+    V, kl_coef = 48, 0.1
+    model = Qwen2(config_from_preset("tiny", vocab_size=V))
+    ref = Qwen2(config_from_preset("tiny", vocab_size=V)).eval()  # another init: KL is not 0
+    groups = scripted_groups([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0]], V)
+    if adv_std:
+        advantages = [[a / math.sqrt(1 / 3) for a in (2 / 3, -1 / 3, -1 / 3)], [0.0, 1.0, -1.0]]
+    else:
+        advantages = [[2 / 3, -1 / 3, -1 / 3], [0.0, 0.5, -0.5]]
     first = [r for g in groups for r in g]
     monkeypatch.setattr(train, "collect_rollouts", lambda *a, **kw: (groups, (2, 2), first, 0, 1))
     cfg = train.parse_args(["--recipe", "smoke", "--device", "cpu", "--mini-batches", "2", "--batch-size", "2",
                             "--group-size", "3", "--lr", str(lr), "--warmup-steps", "0", "--grad-clip", "0",
-                            "--kl-coef", str(kl_coef), "--micro-batch", "4", "--temperature", "1.0"])
+                            "--kl-coef", str(kl_coef), "--micro-batch", "4", "--temperature", "1.0",
+                            "--adv-std" if adv_std else "--no-adv-std"])
 
     def logp_of(net, c):  # (R,) log-probs of c's response tokens: one plain full forward
         ids = torch.tensor([c.prompt_ids + c.response_ids])
@@ -1163,6 +1175,61 @@ def test_ddp_gloo_two_processes(tok_dir, smoke_run):
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["groups"] == 2
     with open(os.path.join(out, "eval.json")) as f:
         assert set(json.load(f)) == {"warm start", "RL"}
+
+
+
+DDP_WORKER = """
+import sys
+import torch
+sys.path[:0] = [{root!r}, {tests!r}]
+import train
+from model import Qwen2, config_from_preset
+from test_train import scripted_groups
+
+cfg = train.parse_args({flags!r})
+train.setup_distributed(cfg)
+torch.manual_seed(0)
+model = Qwen2(config_from_preset("tiny", vocab_size=48))
+groups = scripted_groups({rewards!r}, 48)[train.RANK::train.WORLD]  # this rank's share of the prompts
+first = [r for g in groups for r in g]
+train.collect_rollouts = lambda *a, **kw: (groups, (len(groups), len(groups)), first, 0, 1)
+train.rl_step(cfg, model, None, torch.optim.SGD(model.parameters(), lr=0.05), None, None, step=0)
+torch.save(model.state_dict(), {out!r}.format(train.RANK))
+"""
+
+
+def test_ddp_update_equals_the_one_process_update(tmp_path, monkeypatch):
+    """Two gloo ranks holding two prompt groups each take the same step as one process holding all
+    four (token-mean over the GLOBAL token count, gradients summed): oracle, rl_step in this
+    process on the whole batch. Both ranks end with the same weights."""
+    rewards = [[1.0, 0.0], [0.0, 0.5], [1.0, 1.0], [0.0, 1.0]]
+    flags = ["--recipe", "smoke", "--device", "cpu", "--batch-size", "4", "--mini-batches", "1",
+             "--micro-batch", "3", "--lr", "0.05", "--warmup-steps", "0", "--temperature", "1.0"]
+    script = tmp_path / "worker.py"
+    out = str(tmp_path / "rank{}.pt")
+    script.write_text(DDP_WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests"), flags=flags,
+                                        rewards=rewards, out=out))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={port}", str(script)], cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ranks = [torch.load(out.format(r)) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    model = Qwen2(config_from_preset("tiny", vocab_size=48))
+    before = copy.deepcopy(model.state_dict())
+    groups = scripted_groups(rewards, 48)
+    first = [r for g in groups for r in g]
+    monkeypatch.setattr(train, "collect_rollouts", lambda *a, **kw: (groups, (4, 4), first, 0, 1))
+    train.RANK, train.WORLD = 0, 1
+    train.rl_step(train.parse_args(flags), model, None, torch.optim.SGD(model.parameters(), lr=0.05), None, None, 0)
+    assert max(float((p - before[name]).abs().max()) for name, p in model.state_dict().items()) > 1e-3
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(ranks[0][name], p, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(ranks[1][name], ranks[0][name], atol=0, rtol=0, msg=name)
 
 
 # -----------------------------------------------------------------------------
