@@ -413,6 +413,9 @@ def test_top_k_one_is_greedy_and_top_p_filter_by_hand():
     assert kept == [False, True, True, False]
     kept = filter_logits(logits, top_p=0.0).isfinite()[0].tolist()
     assert kept == [True, False, False, False]  # even top_p = 0 keeps the most likely token
+    exact = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125]]))  # sums exact in binary floats
+    kept = filter_logits(exact, top_p=0.75).isfinite()[0].tolist()
+    assert kept == [True, True, False, False]  # 0.5 + 0.25 is exactly 0.75: the mass is reached
     tied = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     assert filter_logits(tied, top_k=1).isfinite().sum() == 1  # exactly k tokens, even among ties
     assert filter_logits(tied, top_k=2).isfinite().sum() == 2
