@@ -374,7 +374,7 @@ def test_kl_term_in_the_loss():
     # = 0.001 * 0.543081. Gradient of k3 in logp_new: 1 - exp(d), times 0.001 / 2:
     # d=1: 0.001 * (1 - 2.718282) / 2 = -0.000859141; d=-1: 0.001 * (1 - 0.367879) / 2 = 0.000316060
     logp_new = torch.zeros(1, 3, requires_grad=True)
-    logp_ref = torch.tensor([[1.0, -1.0, 9.0]])        # last token is prompt: ignored
+    logp_ref = torch.tensor([[1.0, -1.0, float("nan")]])  # last token is padding, garbage there: ignored
     mask = torch.tensor([[1, 1, 0]])
     loss, metrics = dapo.policy_loss(logp_new, torch.zeros(1, 3), torch.zeros(1, 3), mask,
                                      logp_ref=logp_ref, kl_coef=0.001)

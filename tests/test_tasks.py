@@ -8,7 +8,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -87,10 +86,10 @@ def test_length_with_a_byte_level_bpe():
         assert abs(len(bpe.encode(s["context"]).ids) - 6000) <= 120, task
 
 
-def test_one_million_tokens_in_seconds(tok):
-    start = time.time()
+def test_one_million_tokens(tok):
+    """A 1M-token document is built within 2% of its length (how fast: a few seconds on the
+    project's CPU; speed lives in benchmarks, not in a timed test)."""
     s = make_sample("niah_single_prose", 1_000_000, seed=0, tokenizer=tok)
-    assert time.time() - start < 30
     assert abs(len(tok.encode(s["context"])) - 1_000_000) <= 20_000
 
 
