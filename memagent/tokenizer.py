@@ -191,7 +191,11 @@ class HFTokenizer(ChatRendering):
         self.path = directory
         self.hf = HFFastTokenizer.from_file(path)  # chat text: "<|im_end|>" is the control id
         self.hf_data = HFFastTokenizer.from_file(path)  # data: special-token strings stay text
-        self.hf_data.encode_special_tokens = True
+        try:
+            self.hf_data.encode_special_tokens = True
+        except AttributeError:  # an old `tokenizers` without the switch
+            raise ImportError("reading documents as text needs a newer `tokenizers` (one with "
+                              "encode_special_tokens): pip install -U tokenizers") from None
         self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
         ids = {}
         for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
