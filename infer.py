@@ -203,7 +203,7 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
     trained_positions) it is not run.
     """
     device = model.lm_head.weight.device
-    # warm-up (kernels, cuBLAS, a CUDA graph's first capture) off the clock: one chunk, short replies
+    # warm-up off the clock (kernel loading, cuBLAS and allocator set-up): one chunk, short replies
     try:
         first = make_sample_retry(args.task, lengths[0], args.seed, tokenizer)
     except ValueError as e:

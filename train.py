@@ -959,8 +959,9 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast(cfg):
-        rollouts = run_agent(model, tokenizer, samples, agent_config(short, 0.0), seed=0, policy=policy,
-                             max_positions=cfg.window or None)
+        # training=True: the agent reads the documents its targets were made from (--max-chunks)
+        rollouts = run_agent(model, tokenizer, samples, agent_config(short, 0.0, training=True), seed=0,
+                             policy=policy, max_positions=cfg.window or None)
     model.train(was_training)
     empty = tokenizer.render_reply(initial_memory(short.prompts == "compact"))
     scored = [(r.conversations[-2].response_ids, t) for r, t in zip(rollouts, targets) if t != empty]

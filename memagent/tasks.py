@@ -839,9 +839,10 @@ def load_jsonl(path) -> list[dict]:
         if not all(normalize_answer(a) for a in answers):  # "the", "." -> "": sub-EM would pass any reply
             raise ValueError(f"{path}, line {lineno}: an answer is empty once normalized (lowercase, no "
                              f"punctuation, no a/an/the), so every reply would match it: {json.dumps(answers)[:60]}")
-        for key in ("question", "context"):
+        for key, text in [("question", sample["question"]), ("context", sample["context"])] + \
+                [("an answer", a) for a in answers]:
             try:
-                sample[key].encode("utf-8")
+                text.encode("utf-8")
             except UnicodeEncodeError as e:  # JSON allows "\ud800" escapes, which no text encodes
                 raise ValueError(f"{path}, line {lineno}: {key} is not valid Unicode (a lone surrogate "
                                  f"at character {e.start})") from None

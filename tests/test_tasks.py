@@ -295,6 +295,9 @@ def test_jsonl_round_trip_and_errors(tok, tmp_path):
     bad.write_text('{"question": "q", "context": "a\\ud800b", "answers": ["1"]}\n')
     with pytest.raises(ValueError, match="line 1: context is not valid Unicode"):
         load_jsonl(bad)  # JSON's "\ud800" escape: no UTF-8 for the tokenizer
+    bad.write_text('{"question": "q", "context": "c", "answers": ["7\\udc00"]}\n')
+    with pytest.raises(ValueError, match="line 1: an answer is not valid Unicode"):
+        load_jsonl(bad)
     bad.write_text("\n  \n")
     with pytest.raises(ValueError, match="bad.jsonl: no samples"):
         load_jsonl(bad)

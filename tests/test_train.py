@@ -539,6 +539,8 @@ def test_copy_rate_scores_the_final_memory_against_the_newest_note(tok_dir):
 
     n = 24
     assert train.copy_rate(cfg, model, tok, n=n, policy=agent(True)) == 1.0
+    # with --max-chunks the perfect copier reads the capped documents its targets come from: still 1
+    assert train.copy_rate(dataclasses.replace(cfg, max_chunks=3), model, tok, n=n, policy=agent(True)) == 1.0
     with_note, last_chunk_note = 0, 0
     for i in range(n):
         sample = train.get_sample(cfg, tok, None, train.EVAL_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
