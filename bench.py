@@ -136,8 +136,8 @@ def bench_agent(args):
     cuda = torch.device(args.device).type == "cuda"
     name = torch.cuda.get_device_name(args.device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     if not args.json:
-        print(f"# agent: {args.model}, {args.batch[0]} documents of {args.task}, chunk {args.chunk_tokens} / memory "
-          f"{args.memory_tokens} / answer {args.answer_tokens} tokens, on {name}"
+        print(f"# agent: {args.model}, {args.batch[0]} documents of {args.task}, chunk {args.chunk_tokens} / "
+              f"memory {args.memory_tokens} / answer {args.answer_tokens} tokens, on {name}"
               + (", decode from a CUDA graph" if args.cuda_graph else ""))
         print(f"{'x':>4} {'context tok':>12} {'turns':>5} {'seconds':>8} {'context tok/s':>13} "
               f"{'us/token':>9} {'vs 1x':>6} {'peak MB':>8}")
@@ -157,7 +157,7 @@ def bench_agent(args):
             print(json.dumps(dict(r, model=args.model, device=name)))
             continue
         print(f"{m:4d} {r['context_tokens']:12d} {r['turns']:5d} {r['seconds']:8.1f} {r['context_tok_s']:13.0f} "
-              f"{r['us_per_context_token']:9.1f} {r['us_per_context_token'] / base:6.2f} {r['peak_mem_mb']:8.0f}")
+              f"{r['us_per_context_token']:9.1f} {r['vs_1x']:6.2f} {r['peak_mem_mb']:8.0f}")
 
 
 def main():

@@ -203,24 +203,14 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
     trained_positions) it is not run.
     """
     device = model.lm_head.weight.device
-    # warm-up off the clock (kernel loading, cuBLAS and allocator set-up): one chunk, short replies
-    try:
-        first = make_sample_retry(args.task, lengths[0], args.seed, tokenizer)
-    except ValueError as e:
-        fail(str(e))
-    first["context"] = tokenizer.decode(tokenizer.encode(first["context"])[:cfg.chunk_tokens])
-    short = dataclasses.replace(cfg, memory_tokens=min(cfg.memory_tokens, 8),
-                                answer_tokens=min(cfg.answer_tokens, 8))
-    try:
-        run_agent(model, tokenizer, [first] * min(args.batch, args.n), short, seed=args.seed)
-    except ValueError as e:  # the window check: the geometry does not fit the model's positions
-        fail(str(e))
     rows = []
     for length_text, length in zip(args.lengths, lengths):
         try:
             samples = [make_sample_retry(args.task, length, args.seed + i, tokenizer) for i in range(args.n)]
         except ValueError as e:
             fail(str(e))
+        if not rows:  # warm-up off the clock (kernel loading, cuBLAS and allocator set-up)
+            warm_up(model, tokenizer, samples[0], cfg, min(args.batch, args.n))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -261,6 +251,17 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
     return rows
 
 
+def warm_up(model, tokenizer, sample, cfg, rows):
+    """One turn of `rows` copies of the sample's first chunk, with short replies."""
+    first = dict(sample, context=tokenizer.decode(tokenizer.encode(sample["context"])[:cfg.chunk_tokens]))
+    short = dataclasses.replace(cfg, memory_tokens=min(cfg.memory_tokens, 8),
+                                answer_tokens=min(cfg.answer_tokens, 8))
+    try:
+        run_agent(model, tokenizer, [first] * rows, short, seed=0)
+    except ValueError as e:  # the window check: the geometry does not fit the model's positions
+        fail(str(e))
+
+
 def holds_answer(memory, task, answers):
     """How much of the answer a memory holds (reward.memory_holds): 1 or 0 for a one-answer task, the
     fraction of the references held where the reward wants all of them (vt, multivalue, multiquery)."""
@@ -280,7 +281,8 @@ def run_baseline(baseline, samples, args, tokens):
     try:
         for start in range(0, len(samples), args.batch):
             answers += run_full_attention(model, tokenizer, samples[start:start + args.batch], answer_tokens,
-                                          compact, temperature=args.temperature, seed=args.seed + start, top_p=args.top_p, top_k=args.top_k, cuda_graph=args.cuda_graph)
+                                          compact, temperature=args.temperature, seed=args.seed + start,
+                                          top_p=args.top_p, top_k=args.top_k, cuda_graph=args.cuda_graph)
     except torch.cuda.OutOfMemoryError:
         status = "out of memory"
     seconds = time.perf_counter() - t0

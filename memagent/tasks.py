@@ -928,8 +928,9 @@ class HotpotQA:
                 raise ValueError(f"{path}: question {i}: {problem}")
         # an answer that normalizes to nothing ("The", "-") is in every reply by sub-EM: a free
         # reward. Such questions are set aside (their indices in `skipped`), not the whole file
-        self.skipped = [i for i, item in enumerate(data) if not normalize_answer(item["answer"])]
-        self.items = [item for item in data if normalize_answer(item["answer"])]
+        usable = [bool(normalize_answer(item["answer"])) for item in data]
+        self.skipped = [i for i, ok in enumerate(usable) if not ok]
+        self.items = [item for item, ok in zip(data, usable) if ok]
         if not self.items:
             raise ValueError(f"{path}: no questions" + (" with an answer that survives normalization"
                                                         if data else " (an empty list)"))

@@ -210,15 +210,17 @@ class HFTokenizer(ChatRendering):
 
     def encode(self, text: str) -> list[int]:
         """Ids of text as data, no special tokens added; a special-token string in it stays text."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        return self.hf_data.encode(text, add_special_tokens=False).ids
+        return self._encode(self.hf_data, text)
 
     def encode_chat(self, text: str) -> list[int]:
         """Ids of chat-formatted text we build (chat_prompt): special-token strings become their ids."""
+        return self._encode(self.hf, text)
+
+    @staticmethod
+    def _encode(hf, text):
         if not isinstance(text, str):
-            raise TypeError(f"encode_chat expects a str, got {type(text).__name__}")
-        return self.hf.encode(text, add_special_tokens=False).ids
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return hf.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
