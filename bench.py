@@ -33,6 +33,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def device_name(device):
+    """What the figures ran on: the GPU's name, or the CPU with this process's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
 def peak_memory_mb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -125,7 +132,8 @@ def bench_agent_one(args):
     print(json.dumps(dict(multiple=args.agent_one, context_tokens=context_tokens, turns=turns,
                           seconds=seconds, context_tok_s=context_tokens / seconds,
                           us_per_context_token=1e6 * seconds / context_tokens,
-                          generated_tok_s=generated / seconds, peak_mem_mb=peak_memory_mb(device))))
+                          generated_tok_s=generated / seconds, peak_mem_mb=peak_memory_mb(device),
+                          device=device_name(device))))
 
 
 def bench_agent(args):
@@ -133,8 +141,7 @@ def bench_agent(args):
     import subprocess
     import sys
 
-    cuda = torch.device(args.device).type == "cuda"
-    name = torch.cuda.get_device_name(args.device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(torch.device(args.device))  # the header's guess; each row reports its own process's
     if not args.json:
         print(f"# agent: {args.model}, {args.batch[0]} documents of {args.task}, chunk {args.chunk_tokens} / "
               f"memory {args.memory_tokens} / answer {args.answer_tokens} tokens, on {name}"
@@ -154,7 +161,7 @@ def bench_agent(args):
         base = base or r["us_per_context_token"]
         r["vs_1x"] = r["us_per_context_token"] / base
         if args.json:
-            print(json.dumps(dict(r, model=args.model, device=name)))
+            print(json.dumps(dict(r, model=args.model)))
             continue
         print(f"{m:4d} {r['context_tokens']:12d} {r['turns']:5d} {r['seconds']:8.1f} {r['context_tok_s']:13.0f} "
               f"{r['us_per_context_token']:9.1f} {r['vs_1x']:6.2f} {r['peak_mem_mb']:8.0f}")
@@ -222,7 +229,7 @@ def main():
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2(config_from_preset(args.model, vocab_size=args.vocab_size)).to(dtype).eval()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     if not args.json:
         print(f"# generate: {args.model} ({model.num_parameters() / 1e6:.1f}M params, {dtype}) on {name}"
               + (", decode from a CUDA graph" if args.cuda_graph else ", eager decode"))

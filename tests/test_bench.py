@@ -38,6 +38,7 @@ def test_agent_bench_runs_with_an_lm_head_larger_than_the_tokenizer(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["turns"] == 5 and row["context_tokens"] > 0  # 200 tokens in chunks of 64: 4 memory turns + answer
+    assert row["device"] == "CPU (1 threads)"  # the process that ran it names its own threads (OMP_NUM_THREADS=1)
 
 
 def test_decode_bound_reads_only_the_batch_rows_of_an_untied_embedding():
