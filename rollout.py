@@ -129,19 +129,24 @@ class CudaGraphDecoder:
         def step():
             return model(self.token, cache=cache, positions=self.positions, kv_len=L)[:, -1].float()  # (B, V)
 
-        side = torch.cuda.Stream()  # warm up off the main stream (cuBLAS workspaces are made here)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), autocast:
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), autocast:
-            self.logits = step()  # (B, V): the graph's output buffer, refilled by every replay
+        # streams and graphs belong to the *current* CUDA device: make it the model's (cuda:1 too),
+        # or the capture would record nothing of the model's kernels and replays return stale logits
+        self.device = device
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()  # warm up off the main stream (cuBLAS workspaces are made here)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), autocast:
+                step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), autocast:
+                self.logits = step()  # (B, V): the graph's output buffer, refilled by every replay
 
     def __call__(self, token, positions):
         self.token.copy_(token)
         self.positions.copy_(positions)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.logits
 
 

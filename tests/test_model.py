@@ -259,6 +259,20 @@ def test_cuda_graph_decoding_equals_eager(temperature):
         assert c.logprobs == pytest.approx(e.logprobs, abs=1e-4)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_graph_decoding_on_a_second_gpu_equals_eager():
+    """A model on cuda:1 while cuda:0 is current: the graph must be captured on the model's device
+    (captured on the current one it records none of the model's kernels and replays stale logits)."""
+    assert torch.cuda.current_device() == 0
+    model = tiny_model(seed=4).to("cuda:1")
+    prompts = [[5, 9, 2, 7], [11, 3]]
+    kwargs = dict(max_new_tokens=12, temperature=1.0, seed=5)
+    eager = generate(model, prompts, **kwargs)
+    graph = generate(model, prompts, cuda_graph=True, **kwargs)
+    for e, c in zip(eager, graph):
+        assert c.tokens == e.tokens and c.logprobs == pytest.approx(e.logprobs, abs=1e-4)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_graph_decoding_under_autocast_scores_like_a_fresh_forward():
     """train.py's mixed precision: fp32 weights, bf16 autocast, captured with the cast cache off.
