@@ -201,9 +201,11 @@ def main():
     if min(args.multiples + [args.chunk_tokens, args.memory_tokens, args.answer_tokens, args.base_length]) < 1:
         p.error("--multiples, --base-length and the --chunk/--memory/--answer-tokens budgets must be >= 1")
     try:
-        check_device(args.device)
+        device = check_device(args.device)
     except ValueError as e:
         p.error(f"--device: {e}")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # peak memory, syncs and CUDA graphs follow the current device
     if args.cuda_graph and torch.device(args.device).type != "cuda":
         p.error(f"--cuda-graph needs a CUDA device, got --device {args.device}")
     if args.new_tokens < 2:
@@ -224,7 +226,6 @@ def main():
     if args.agent:
         return bench_agent(args)
 
-    device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):

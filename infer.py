@@ -426,6 +426,8 @@ def main(argv=None):
         fail(f"--device: {e}")
     if args.cuda_graph and device.type != "cuda":
         fail(f"--cuda-graph needs a CUDA device, got --device {args.device}")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # streams, CUDA graphs and memory stats follow the current device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer, train_cfg = load_agent(args.ckpt, device, dtype)
     if train_cfg.get("baseline"):

@@ -401,6 +401,9 @@ def setup_distributed(cfg):
                          f"pass --device cuda or auto, not {cfg.device}")
     if cfg.device == "auto":
         cfg.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(cfg.device)
+    if WORLD == 1 and device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # peak-memory stats and CUDA graphs follow the current device
     runs_rl = not cfg.baseline and cfg.rl_steps > 0
     if runs_rl and cfg.batch_size % WORLD:
         raise SystemExit(f"train.py: --batch-size {cfg.batch_size} must be divisible by the "
