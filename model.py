@@ -519,6 +519,20 @@ def swap_in(tmp, directory):
         fsync_dir(parent)
 
 
+def remove_stale_staging(directory):
+    """Delete the staging folders (staging_dir's `.tmp-NAME-*`) a killed save left beside
+    `directory`: SIGKILL or the out-of-memory killer skips save_checkpoint's own clean-up, and each
+    is a whole checkpoint's size. Only for when no save is running. Returns the paths removed."""
+    parent, prefix = os.path.dirname(os.path.abspath(directory)), ".tmp-" + os.path.basename(directory) + "-"
+    if not os.path.isdir(parent):
+        return []
+    stale = sorted(os.path.join(parent, n) for n in os.listdir(parent)
+                   if n.startswith(prefix) and os.path.isdir(os.path.join(parent, n)))
+    for path in stale:
+        shutil.rmtree(path)
+    return stale
+
+
 def recover_swap(directory):
     """Undo a swap_in cut short between its two renames (a crash there leaves no `directory`, only
     the whole previous one at `directory.old`): move it back. True if it did."""

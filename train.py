@@ -71,8 +71,8 @@ from memagent.prompts import initial_memory
 from memagent.reward import memory_holds
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
-from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, save_checkpoint,
-                   staging_dir, swap_in)
+from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, remove_stale_staging,
+                   save_checkpoint, staging_dir, swap_in)
 from rollout import (MIN_TEMPERATURE, AgentConfig, check_window, direct_turn_ids, distinct, document_chunks,
                      final_turn_ids, memory_turn_ids, run_agent, run_full_attention)
 
@@ -126,6 +126,7 @@ class TrainConfig:
     lr: float = 5e-4
     warmup_steps: int = 2  # RL steps of linear warm-up (rising every optimizer step), then constant
     weight_decay: float = 0.01
+    adam_beta2: float = 0.99  # RL's AdamW betas are (0.9, adam_beta2); the paper recipes use verl's 0.999
     grad_clip: float = 1.0  # max gradient norm (warm start and RL); 0 = no clipping
     clip_low: float = 0.2
     clip_high: float = 0.28
@@ -177,7 +178,7 @@ RECIPES = {
     "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
                   chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192, max_chunks=8,
                   group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,
-                  warmup_steps=20, weight_decay=0.01, clip_high=0.28, dynamic_sampling=True,
+                  warmup_steps=20, weight_decay=0.01, adam_beta2=0.999, clip_high=0.28, dynamic_sampling=True,
                   kl_coef=0.0, adv_std=True, overlong_buffer=0, rl_steps=400, sft_steps=0, short_chunk=0,
                   temperature=1.0,
                   dtype="bfloat16", grad_ckpt=True, rollout_rows=64, cuda_graph=True, eval_n=128, save_every=10),
@@ -226,6 +227,8 @@ HELP = {
               "training flags (a changed one is refused by name; --rl-steps, evaluation flags and the system flags "
               "that leave the numbers alone may change, not --seed or --dtype)",
     "grad_clip": "max gradient norm, warm start and RL (0 = no clipping)",
+    "adam_beta2": "RL's AdamW beta2 (beta1 is 0.9): the second-moment average's decay; 0.99 on cpu-demo, "
+                  "0.999 (verl's default, which MemAgent's scripts keep) in the paper recipes",
     "baseline": "train the FULL-ATTENTION baseline instead: the agent's warm start (or --init-from), "
                 "then --baseline-steps supervised steps answering with the whole document in the "
                 "window; saved in OUT_DIR/baseline",
@@ -896,7 +899,7 @@ def supervised(cfg, model, conversations_of, label, gate_at=None, copy_rate=None
             loss = -(logp * mask).sum() / n_tokens
             loss.backward()
             loss_sum += loss.item()
-        check_finite(loss_sum, label)
+        check_finite(cfg, loss_sum, label)
         all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
         optimizer.step()
@@ -1108,12 +1111,18 @@ def train_baseline(cfg, model, tokenizer, data):
 # 2. RL: multi-conversation DAPO
 
 
-def check_finite(value, where):
-    if not math.isfinite(value):
-        kept = ("The last good checkpoint (OUT_DIR/ckpt) is kept" if where.startswith("RL") else
-                "No checkpoint was written yet (RL saves them)")
-        raise SystemExit(f"train.py: non-finite loss ({value}) during {where}; stopping. {kept}; "
-                         f"try a lower --lr / --sft-lr.")
+def check_finite(cfg, value, where):
+    """Stop before a NaN/inf loss reaches the weights, saying which checkpoint is left to go on from."""
+    if math.isfinite(value):
+        return
+    state = os.path.join(cfg.out_dir, "ckpt", "trainer.pt")
+    if os.path.exists(state):
+        step = torch.load(state, map_location="cpu", weights_only=False)["step"]
+        kept = f"The last good checkpoint, {os.path.dirname(state)} at RL step {step}, is kept"
+    else:
+        kept = f"No RL checkpoint was written yet (the first comes at step {cfg.save_every})"
+    raise SystemExit(f"train.py: non-finite loss ({value}) during {where}; stopping. {kept}; "
+                     f"try a lower --lr / --sft-lr.")
 
 
 def all_reduce_grads(model):
@@ -1287,7 +1296,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
                 dual_clip_c=cfg.dual_clip or None, agg=cfg.loss_agg, token_normalizer=token_norm,
                 seq_normalizer=seq_norm, max_len=budget, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
                 entropy=entropy, entropy_coef=cfg.entropy_coef)
-            check_finite(loss.item(), f"RL step {step + 1}")
+            check_finite(cfg, loss.item(), f"RL step {step + 1}")
             loss.backward()
             w = m_stats["response_tokens"]
             for k in stats:
@@ -1298,7 +1307,7 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
         for group in optimizer.param_groups:  # warm-up, then constant
             group["lr"] = warmup_lr(cfg, step, mini)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-        check_finite(float(grad_norm), f"RL step {step + 1} (gradient norm)")
+        check_finite(cfg, float(grad_norm), f"RL step {step + 1} (gradient norm)")
         grad_norms += float(grad_norm)  # before clipping: how hard the step pulled
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -1465,6 +1474,10 @@ def main(argv=None):
     if cfg.compile:
         model.forward = torch.compile(model.forward)
 
+    if RANK == 0:  # a save killed outright (SIGKILL, out of memory) leaves its half-written folder behind
+        for name in ("ckpt", "warmstart", "rl", "baseline"):
+            for path in remove_stale_staging(os.path.join(cfg.out_dir, name)):
+                print0(f"removed {path}: the unfinished folder of a save that was killed")
     if cfg.baseline:
         return baseline_main(cfg, model, tokenizer, data, t_start)
 
@@ -1483,9 +1496,14 @@ def main(argv=None):
     # 1. warm start (or a loaded checkpoint), evaluated once; a resumed run does neither again
     # (load_state below restores the model) and keeps the table it already has
     if resuming:
-        if os.path.exists(table_path):
+        try:
             with open(table_path) as f:
                 table = json.load(f)
+        except FileNotFoundError:
+            pass
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # (written by hand, or by an older run)
+            print0(f"warning: {table_path} is unreadable ({e}); its rows (the warm start's) are not carried "
+                   f"over: evaluate that checkpoint with infer.py --eval")
     elif not cfg.init_from and cfg.sft_steps > 0:
         warm_start_and_save(cfg, model, tokenizer, data)
     if not resuming and cfg.eval_n > 0:
@@ -1493,12 +1511,11 @@ def main(argv=None):
         table["warm start"], holds = evaluate(cfg, model, tokenizer, data, "warm start")
         warn_if_no_copy(cfg, holds)
         if RANK == 0:
-            with open(table_path, "w") as f:
-                json.dump(table, f, indent=2)
+            write_table(table, table_path)
 
     # 2. RL
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.99))
+                                  betas=(0.9, cfg.adam_beta2))
     ref_model = None
     if cfg.kl_coef > 0:  # a frozen float32 copy of the policy RL starts from: the KL is to it
         if resuming and not cfg.init_from and cfg.sft_steps > 0:  # (the model is still build_model's)
@@ -1554,13 +1571,20 @@ def main(argv=None):
         print_table(table)
         note_if_rl_flat(cfg, table)
     if RANK == 0:
-        with open(table_path, "w") as f:
-            json.dump(table, f, indent=2)
+        write_table(table, table_path)
         print0(f"saved {table_path}; total time {time.time() - t_start:.0f}s")
     if WORLD > 1:
         dist.barrier()  # no rank tears the group down while another still talks to it
         dist.destroy_process_group()
     return table
+
+
+def write_table(table, path):
+    """eval.json through a temp file and a rename: a kill mid-write leaves the previous table whole."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(table, f, indent=2)
+    os.replace(tmp, path)
 
 
 def warm_start_and_save(cfg, model, tokenizer, data):
@@ -1592,8 +1616,7 @@ def baseline_main(cfg, model, tokenizer, data, t_start):
         table["full attention"], _ = evaluate(cfg, model, tokenizer, data, "baseline", full_attention=True)
         print_table(table)
     if RANK == 0:
-        with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
-            json.dump(table, f, indent=2)
+        write_table(table, os.path.join(cfg.out_dir, "eval.json"))
         print0(f"saved {os.path.join(cfg.out_dir, 'baseline')}; total time {time.time() - t_start:.0f}s")
     if WORLD > 1:
         dist.barrier()

@@ -1054,6 +1054,40 @@ def test_resume_recovers_a_checkpoint_swap_cut_short(tok_dir, smoke_run, monkeyp
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 
 
+def test_a_start_clears_what_a_killed_save_left_and_resume_survives_a_torn_table(tok_dir, smoke_run, capsys):
+    """SIGKILL mid-save skips save_checkpoint's clean-up: its staging folder stays (a whole
+    checkpoint's size at the paper's geometry). The next start removes it, and only it; a torn
+    eval.json is named and left out instead of crashing --resume. Also: --adam-beta2 reaches AdamW."""
+    common = ["--recipe", "smoke", "--eval-n", "0", "--init-from", os.path.join(smoke_run[0], "warmstart"),
+              "--adam-beta2", "0.95"]
+    out = fresh_out(tok_dir, "killed-save")
+    run_main(common + ["--out-dir", out, "--rl-steps", "1"])
+    killed = os.path.join(out, ".tmp-ckpt-k1ll3d")  # what staging_dir had made when the kill came
+    os.makedirs(os.path.join(killed, "model"))
+    with open(os.path.join(killed, "trainer.pt"), "wb") as f:
+        f.write(b"half a file")
+    unrelated = os.path.join(out, ".tmp-notes-mine")  # not a staging folder of this run's checkpoints
+    os.makedirs(unrelated)
+    with open(os.path.join(out, "eval.json"), "w") as f:
+        f.write('{"warm start": {"1.0": ')  # torn mid-write
+    capsys.readouterr()
+    run_main(common + ["--out-dir", out, "--rl-steps", "2", "--resume"])
+    printed = capsys.readouterr().out
+    assert not os.path.exists(killed) and os.path.isdir(unrelated)
+    assert f"removed {killed}" in printed and "eval.json is unreadable" in printed
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    with open(os.path.join(out, "eval.json")) as f:
+        assert json.load(f) == {}  # rewritten whole (this run evaluates nothing)
+    state = torch.load(os.path.join(out, "ckpt", "trainer.pt"), weights_only=False)
+    assert [tuple(g["betas"]) for g in state["optimizer"]["param_groups"]] == [(0.9, 0.95)]
+
+
+def test_the_paper_recipes_use_verls_adam_beta2():
+    for recipe in ("paper", "shipped"):  # verl's AdamW default, which MemAgent's scripts leave alone
+        assert train.parse_args(["--recipe", recipe]).adam_beta2 == 0.999
+    assert train.parse_args([]).adam_beta2 == 0.99
+
+
 def test_a_data_file_is_read_in_order_whatever_dynamic_sampling_draws(monkeypatch):
     """A data file is a data loader: each draw takes the next batch of questions, so every training
     question comes up once per epoch, in order, however many draws dynamic sampling makes.
@@ -1143,23 +1177,28 @@ def test_resume_does_not_redo_the_warm_start(tok_dir, monkeypatch):
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(tok_dir, smoke_run, monkeypatch):
-    out = fresh_out(tok_dir, "nan")
+@pytest.mark.parametrize("poison_after", [0, 1])
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tok_dir, smoke_run, monkeypatch, poison_after):
+    out = fresh_out(tok_dir, f"nan{poison_after}")
     real = dapo.policy_loss
     state_file = os.path.join(out, "ckpt", "trainer.pt")
 
-    def poisoned(*args, **kwargs):  # the loss turns NaN once step 1 has been checkpointed
+    def poisoned(*args, **kwargs):  # the loss turns NaN once step `poison_after` has been checkpointed
         loss, metrics = real(*args, **kwargs)
         saved = torch.load(state_file, weights_only=False)["step"] if os.path.exists(state_file) else 0
-        return (loss * float("nan") if saved >= 1 else loss), metrics
+        return (loss * float("nan") if saved >= poison_after else loss), metrics
 
     monkeypatch.setattr(dapo, "policy_loss", poisoned)
     with pytest.raises(SystemExit) as e:
         run_main(["--recipe", "smoke", "--out-dir", out, "--rl-steps", "3", "--eval-n", "0",
                   "--init-from", os.path.join(smoke_run[0], "warmstart")])
-    assert "non-finite loss" in str(e.value)
-    state = torch.load(os.path.join(out, "ckpt", "trainer.pt"), weights_only=False)
-    assert state["step"] == 1 and len(read_metrics(out)) == 1
+    assert f"non-finite loss (nan) during RL step {poison_after + 1}" in str(e.value)
+    assert len(read_metrics(out)) == poison_after
+    if poison_after == 0:  # the message must not promise a checkpoint that is not there
+        assert not os.path.exists(state_file) and "No RL checkpoint was written yet" in str(e.value)
+    else:
+        assert torch.load(state_file, weights_only=False)["step"] == 1
+        assert "checkpoint, " + os.path.join(out, "ckpt") + " at RL step 1, is kept" in str(e.value)
 
 
 def test_ddp_gloo_two_processes(tok_dir, smoke_run):
