@@ -332,6 +332,20 @@ def parse_args(argv=None):
                                   "from the reference"), ("--n-docs", cfg.n_docs, "0 = use --train-length")):
         if not value >= 0:
             parser.error(f"{flag} must be >= 0 ({meaning}), got {value}")
+    for flag, value in (("--rl-steps", cfg.rl_steps), ("--sft-steps", cfg.sft_steps), ("--eval-n", cfg.eval_n),
+                        ("--short-chunk", cfg.short_chunk), ("--short-chunk-steps", cfg.short_chunk_steps),
+                        ("--baseline-steps", cfg.baseline_steps), ("--warmup-steps", cfg.warmup_steps)):
+        if value < 0:
+            parser.error(f"{flag} must be >= 0, got {value}")
+    for flag, value in (("--lr", cfg.lr), ("--sft-lr", cfg.sft_lr), ("--weight-decay", cfg.weight_decay)):
+        if not 0 <= value < math.inf:
+            parser.error(f"{flag} must be a finite number >= 0, got {value}")
+    if not 0 <= cfg.adam_beta2 < 1:
+        parser.error(f"--adam-beta2 must be in [0, 1) (AdamW's second-moment decay), got {cfg.adam_beta2}")
+    if not math.isfinite(cfg.entropy_coef):
+        parser.error(f"--entropy-coef must be finite, got {cfg.entropy_coef}")
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        parser.error(f"--out-dir {cfg.out_dir} is a file, not a folder")
     if args.n_docs and not sized_in_docs(cfg):  # (a recipe's n_docs is simply unused by other tasks)
         parser.error("--n-docs sizes documents in paragraphs, which only --task hotpot_synth and a HotpotQA "
                      ".json have; this run's documents are sized by --train-length")
@@ -516,11 +530,14 @@ def build_model(cfg):
                              f"in {cfg.init_from} only {model.config.vocab_size}")
     else:
         tok_dir = os.path.join(cfg.out_dir, "tokenizer")
-        if RANK == 0:
+        try:
+            if RANK == 0:
+                tokenizer = get_tokenizer(tok_dir, vocab_size=cfg.vocab_size)
+            if WORLD > 1:
+                dist.barrier()
             tokenizer = get_tokenizer(tok_dir, vocab_size=cfg.vocab_size)
-        if WORLD > 1:
-            dist.barrier()
-        tokenizer = get_tokenizer(tok_dir, vocab_size=cfg.vocab_size)
+        except (ValueError, OSError) as e:  # a --vocab-size sentencepiece cannot train, a folder it cannot write
+            raise SystemExit(f"train.py: tokenizer ({tok_dir}, --vocab-size {cfg.vocab_size}): {e}")
         torch.manual_seed(cfg.seed)
         model = Qwen2(config_from_preset(cfg.model, vocab_size=tokenizer.vocab_size))
         model = model.to(device=cfg.device)
@@ -1531,6 +1548,9 @@ def main(argv=None):
     if resuming:
         step, history = load_state(cfg, model, optimizer)
         print0(f"resumed from {ckpt} at step {step}")
+        if step >= cfg.rl_steps:
+            print0(f"note: the checkpoint is at RL step {step} and --rl-steps is {cfg.rl_steps}: no step is "
+                   f"left to run (pass a larger --rl-steps to go on)")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if RANK == 0:  # the metrics file holds exactly the steps of the run so far
         with open(metrics_path, "w") as f:

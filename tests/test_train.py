@@ -136,12 +136,29 @@ def test_recipes_and_overrides():
     (["--eval-scales", "1,x"], "expected numbers like 1,4,16,64"),
     (["--eval-scales", "0"], "each multiple of the training length must be > 0"),
     (["--eval-scales", "1,-4"], "each multiple of the training length must be > 0"),
+    (["--rl-steps", "-1"], "--rl-steps must be >= 0"),
+    (["--sft-steps", "-1"], "--sft-steps must be >= 0"),
+    (["--eval-n", "-1"], "--eval-n must be >= 0"),
+    (["--short-chunk", "-1"], "--short-chunk must be >= 0"),
+    (["--lr", "-1"], "--lr must be a finite number >= 0"),
+    (["--lr", "nan"], "--lr must be a finite number >= 0"),
+    (["--sft-lr", "inf"], "--sft-lr must be a finite number >= 0"),
+    (["--weight-decay", "-0.01"], "--weight-decay must be a finite number >= 0"),
+    (["--adam-beta2", "1"], "--adam-beta2 must be in [0, 1)"),
+    (["--entropy-coef", "nan"], "--entropy-coef must be finite"),
+    (["--out-dir", os.path.join(ROOT, "README.md")], "is a file, not a folder"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
         train.parse_args(args)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_vocab_size_sentencepiece_cannot_train_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--vocab-size", "100", "--out-dir", str(tmp_path)])
+    assert "--vocab-size 100" in str(e.value) and "too small" in str(e.value)
 
 
 def test_window_too_small_is_a_clear_error(tok_dir):
@@ -920,7 +937,7 @@ def test_entropy_bonus_raises_the_entropy_of_the_next_rollouts(tok_dir, smoke_ru
     assert entropies["1.0"][1] > entropies["0"][1] + 0.05, entropies
 
 
-def test_resume_continues_exactly(tok_dir, smoke_run):
+def test_resume_continues_exactly(tok_dir, smoke_run, capsys):
     common = ["--recipe", "smoke", "--eval-n", "0", "--overlong-buffer", "24", "--group-size", "3",
               "--init-from", os.path.join(smoke_run[0], "warmstart")]
     straight = fresh_out(tok_dir, "straight")
@@ -935,6 +952,11 @@ def test_resume_continues_exactly(tok_dir, smoke_run):
             if k not in TIMING_KEYS:
                 assert row_a[k] == pytest.approx(row_b[k], rel=1e-6, abs=1e-9), k
     assert any(abs(r["pg_loss"]) > 0 and r["grad_norm"] > 0 for r in a)  # a real update to carry over
+    # a checkpoint already past --rl-steps runs nothing more, and says so
+    capsys.readouterr()
+    run_main(common + ["--out-dir", split, "--rl-steps", "2", "--resume"])
+    assert "at RL step 3 and --rl-steps is 2: no step is left to run" in capsys.readouterr().out
+    assert read_metrics(split) == b
     # and a checkpoint from another geometry is refused
     with pytest.raises(SystemExit) as e:
         run_main(common + ["--out-dir", split, "--rl-steps", "4", "--resume", "--chunk-tokens", "80"])
