@@ -90,6 +90,11 @@ def agent_config(args, train_cfg, tokenizer):
     else:
         defaults = dict(chunk_tokens=256, memory_tokens=64, answer_tokens=32, prompts="compact")
     prompts = train_cfg.get("prompts", defaults["prompts"])
+    assumed = [f"--{name.replace('_', '-')} {defaults[name]}" for name in ("chunk_tokens", "memory_tokens",
+               "answer_tokens") if getattr(args, name) is None and name not in train_cfg]
+    if assumed:  # a HF folder, or a checkpoint without meta.json: its training geometry is unknown
+        print(f"note: the checkpoint records no training geometry (meta.json); assuming {', '.join(assumed)} "
+              f"and {prompts} prompts: pass the ones it was trained with", file=sys.stderr)
     try:
         return AgentConfig(chunk_tokens=pick("chunk_tokens", defaults["chunk_tokens"]),
                            memory_tokens=pick("memory_tokens", defaults["memory_tokens"]),

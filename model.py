@@ -569,7 +569,15 @@ def resolve_checkpoint(name_or_path):
     for candidate in candidates:
         if os.path.isfile(os.path.join(candidate, "config.json")):
             return candidate
-    raise FileNotFoundError(f"no checkpoint {name_or_path!r} (no config.json in {' or '.join(candidates)})")
+    raise FileNotFoundError(f"no checkpoint {name_or_path!r} (no config.json in {' or '.join(candidates)})"
+                            + run_folder_hint(name_or_path))
+
+
+def run_folder_hint(folder):
+    """For an error message: when `folder` is a train.py out dir, the checkpoints inside it."""
+    inside = [os.path.join(folder, d) for d in ("rl", "warmstart", "baseline", os.path.join("ckpt", "model"))
+              if os.path.isfile(os.path.join(folder, d, "config.json"))]
+    return f"; it is a training run's folder: pass one of its checkpoints, {', '.join(inside)}" if inside else ""
 
 
 def load_checkpoint(name_or_path, dtype=torch.float32, device="cpu"):

@@ -72,7 +72,7 @@ from memagent.reward import memory_holds
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
 from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, remove_stale_staging,
-                   save_checkpoint, staging_dir, swap_in)
+                   run_folder_hint, save_checkpoint, staging_dir, swap_in)
 from rollout import (MIN_TEMPERATURE, AgentConfig, check_window, direct_turn_ids, distinct, document_chunks,
                      final_turn_ids, memory_turn_ids, run_agent, run_full_attention)
 
@@ -524,7 +524,7 @@ def build_model(cfg):
             tokenizer = load_tokenizer(cfg.init_from)  # ours (.model) or the folder's tokenizer.json
             model = load_hf(cfg.init_from, dtype=torch.float32, device=cfg.device)
         except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
-            raise SystemExit(f"train.py: cannot load --init-from {cfg.init_from}: {e}")
+            raise SystemExit(f"train.py: cannot load --init-from {cfg.init_from}: {e}{run_folder_hint(cfg.init_from)}")
         if tokenizer.vocab_size > model.config.vocab_size:
             raise SystemExit(f"train.py: tokenizer has {tokenizer.vocab_size} ids but the model "
                              f"in {cfg.init_from} only {model.config.vocab_size}")

@@ -250,6 +250,25 @@ def test_checkpoint_errors(ckpt, tmp_path, capsys):
     assert code == 2 and "do not belong together" in err
 
 
+def test_a_training_runs_folder_names_its_checkpoints(ckpt, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(ckpt, run_dir / "rl")
+    code, _, err = run(["--ckpt", str(run_dir), "--task", "vt"], capsys)
+    assert code == 2 and f"it is a training run's folder: pass one of its checkpoints, {run_dir / 'rl'}" in err
+
+
+def test_a_checkpoint_without_its_training_geometry_says_what_it_assumes(ckpt, tmp_path, capsys):
+    bare = shutil.copytree(ckpt, tmp_path / "bare")
+    os.remove(bare / "meta.json")  # the fixture's geometry (chunk 64, memory 8, answer 6) is gone
+    code, out, err = run(["--ckpt", str(bare), "--task", "niah_single_noise", "--length", "300",
+                          "--memory-tokens", "8", "--json"], capsys)
+    assert code == 0 and json.loads(out)["chunks"] == 2  # ~300 tokens in chunks of 256: the defaults'
+    assert ("assuming --chunk-tokens 256, --answer-tokens 32 and compact prompts" in err
+            and "--memory-tokens" not in err)  # a flag given is not assumed
+    _, _, err = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--length", "300", "--json"], capsys)
+    assert "assuming" not in err  # the fixture's meta.json has all three
+
+
 def test_turn_decisions_read_what_a_scripted_policy_did(tmp_path):
     """Two rule-following stand-ins for the model, and the table must show their rules at 100%:
     'take the number, keep it against every price' (what RL should learn on the cpu-demo task) and
