@@ -19,6 +19,7 @@ Timings are wall clock after a warm-up run; compare figures only within one run 
 import argparse
 import dataclasses
 import json
+import os
 import time
 
 import torch
@@ -215,6 +216,8 @@ def main():
         p.error("--batch and --prompt-len must be >= 1")
     if args.vocab_size is not None and args.vocab_size < 1:
         p.error(f"--vocab-size must be >= 1, got {args.vocab_size}")
+    if (args.agent or args.agent_one) and os.path.exists(args.tokenizer_dir) and not os.path.isdir(args.tokenizer_dir):
+        p.error(f"--tokenizer-dir {args.tokenizer_dir} is a file, not a folder")
     if (args.agent or args.agent_one) and len(args.batch) > 1:
         p.error(f"agent mode reads one --batch of documents at every length, got {len(args.batch)} values")
     positions = config_from_preset(args.model).max_position_embeddings

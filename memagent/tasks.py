@@ -1091,6 +1091,9 @@ def main(argv=None) -> int:
         save_jsonl(samples, args.out)
     except OSError as e:
         parser.error(f"cannot write --out {args.out}: {e.strerror}")
+    if len(samples) < args.n:
+        print(f"note: {args.hotpotqa} has only {len(samples)} usable questions, so {len(samples)} samples "
+              f"are written, not --n {args.n}")
     mean = sum(s["n_tokens"] for s in samples) / len(samples)
     print(f"wrote {len(samples)} {args.task} samples (mean {mean:.0f} tokens) to {args.out} "
           f"in {time.time() - start:.1f}s")

@@ -62,7 +62,8 @@ def test_bad_sizes_are_one_line_errors():
                            (["--vocab-size", "0"], "--vocab-size must be >= 1"),
                            (["--prompt-len", "2047", "--new-tokens", "2"], "exceeds tiny's 2048 positions"),
                            (["--agent", "--batch", "1", "4"], "agent mode reads one --batch"),
-                           (["--device", "meta"], "device type 'meta' is not supported")):
+                           (["--device", "meta"], "device type 'meta' is not supported"),
+                           (["--agent", "--tokenizer-dir", "README.md"], "--tokenizer-dir README.md is a file")):
         out = subprocess.run([sys.executable, "bench.py", "--device", "cpu"] + flags, cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

@@ -509,6 +509,13 @@ def test_cli_module_with_hotpotqa(tok, tmp_path):
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert [s["n_docs"] for s in load_jsonl(out)] == [5, 5]
+    assert "note" not in result.stdout
+    result = subprocess.run(  # more samples than the file's 6 questions: all 6, and a note saying so
+        [sys.executable, "-m", "memagent.tasks", "--task", "hotpotqa", "--hotpotqa", str(src),
+         "--docs", "5", "--n", "30", "--out", str(out), "--tokenizer", tok.path],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(load_jsonl(out)) == 6 and "has only 6 usable questions, so 6 samples are written, not --n 30" in result.stdout
 
 
 def test_niah_multikey_short(tok):
