@@ -235,7 +235,10 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
                 held.append(holds_answer(r.memories[-1], args.task, answers))
                 read.append((batch[r.sample], r))
             if not args.json:
-                print(f"\r{length_text}: {len(rewards)}/{len(samples)} documents", end="", file=sys.stderr)
+                # a terminal redraws one line; a log file gets a line per batch
+                tty = sys.stderr.isatty()
+                print(("\r" if tty else "") + f"{length_text}: {len(rewards)}/{len(samples)} documents",
+                      end="" if tty else "\n", file=sys.stderr)
         seconds = time.perf_counter() - t0
         decisions = [d for sample, r in read for d in turn_decisions(tokenizer, sample, r, cfg)]
         tokens = sum(s["n_tokens"] for s in samples)
@@ -251,8 +254,8 @@ def evaluate(model, tokenizer, cfg, args, lengths, baseline=None):
         if baseline is not None:
             row.update(run_baseline(baseline, samples, args, tokens))
         rows.append(row)
-        if not args.json:
-            print(file=sys.stderr)
+        if not args.json and sys.stderr.isatty():
+            print(file=sys.stderr)  # end the redrawn progress line
     return rows
 
 

@@ -224,8 +224,8 @@ HELP = {
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position) with the same "
-              "training flags (a changed one is refused by name; --rl-steps, evaluation flags and the system flags "
-              "that leave the numbers alone may change, not --seed or --dtype)",
+              "training flags (a changed one is refused by name; --rl-steps, evaluation flags and system flags "
+              "may change, not --seed or --dtype; --rollout-rows and --micro-batch may change the draws or rounding)",
     "grad_clip": "max gradient norm, warm start and RL (0 = no clipping)",
     "adam_beta2": "RL's AdamW beta2 (beta1 is 0.9): the second-moment average's decay; 0.99 on cpu-demo, "
                   "0.999 (verl's default, which MemAgent's scripts keep) in the paper recipes",
