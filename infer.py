@@ -9,7 +9,7 @@ The agent reads the document in chunks of `chunk_tokens`; after each chunk it re
 (at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the
 memory after every turn shows what the policy chose to keep. `--eval` measures accuracy (the
 training reward: exact match of the boxed answer, or the fraction of references found on tasks
-with several), the task's RULER metric (design.md section 4: string_match_all for needles and
+with several), the task's RULER metric (RULER, arXiv 2404.06654: string_match_all for needles and
 variable tracking, string_match_part for QA; on the boxed answer), how much of the answer the
 final memory holds (above accuracy: the answer turn misread a right memory), tokens/s and peak
 memory over document lengths: the extrapolation table. On needle tasks it adds what the

@@ -65,7 +65,7 @@ class ModelConfig:
 
 # Named geometries. `vocab_size` here is a placeholder: it comes from the tokenizer (or from the
 # checkpoint's config.json when weights are loaded). The qwen-ish-* entries are the exact Qwen2.5
-# geometries (../shared/design.md section 5).
+# geometries (their config.json files on the Hugging Face hub).
 PRESETS = {
     # ~1M parameters with a 2K vocabulary: unit tests and the fastest CPU runs
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

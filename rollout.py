@@ -16,7 +16,7 @@ For RL, every sampled token also gets its log-probability log softmax(logits / t
 trainer does not divide by these: it recomputes the "old policy" log-probs with its own forward
 (train.py, rl_step) and logs their gap to these as a check of the engine. Top-k / top-p truncation
 is not in either: with top_p < 1 a token is drawn from the truncated distribution but scored under
-the whole one, as verl scores vLLM's samples (training uses neither: design.md, top-p 1.0).
+the whole one, as verl scores vLLM's samples (training uses neither: the paper samples at top-p 1.0).
 
 Speed on a GPU: an eager decode step of a 24-layer model is over a thousand small operations, and
 the CPU issuing them, not the GPU, sets the pace (measured on an H100: ~29 ms a step for qwen-ish-0.5b
@@ -257,7 +257,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
 
 
 # -----------------------------------------------------------------------------
-# The overwrite-memory agent (../shared/design.md section 1)
+# The overwrite-memory agent (MemAgent, arXiv 2507.02259)
 #
 #   memory = initial memory
 #   for chunk k of the document:   memory = reply to memory_prompt(problem, memory, chunk k)
@@ -283,7 +283,7 @@ class AgentConfig:
     top_k: int = 0
     max_rows: int = 0  # most rows per generate call (bounds the KV cache and prefill); 0 = all
     # training only: a longer document is center-truncated to max_chunks chunks before it is cut
-    # (the paper trains on at most 8; design.md section 2). 0 = read every chunk, as evaluation does
+    # (the paper trains on at most 8). 0 = read every chunk, as evaluation does
     max_chunks: int = 0
     cuda_graph: bool = False  # decode steps replayed from a CUDA graph (generate; CUDA only)
 

@@ -1,5 +1,5 @@
 """
-train.py: the MemAgent recipe end to end (../shared/design.md sections 2-3).
+train.py: the MemAgent recipe end to end (arXiv 2507.02259; DAPO, arXiv 2503.14476).
 
     python train.py                       # cpu-demo: tiny model, 1 number among 3 prices, <= 15 min
     python train.py --recipe paper --model qwen-ish-0.5b --init-from DIR     # the paper's geometry
@@ -174,7 +174,7 @@ RECIPES = {
                   notes="keyed", sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
                   dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1, baseline_steps=4,
                   temperature=1.0),
-    # the paper's geometry and DAPO (design.md section 2): window 8K = 1024 + 5000 + 1024 + 1024
+    # the paper's geometry and DAPO: window 8K = 1024 problem + 5000 chunk + 1024 memory + 1024 output
     "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
                   chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192, max_chunks=8,
                   group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,

@@ -40,7 +40,7 @@ REWARD_KIND = {
     "vt": "all",
 }
 
-# the evaluation metric of each task (design.md section 4), on the boxed answer: RULER's
+# the evaluation metric of each task (RULER, arXiv 2404.06654), on the boxed answer: RULER's
 # string_match_all for the needle tasks and variable tracking, string_match_part for QA
 EVAL_METRIC = {task: "match_part" if task in ("hotpot_synth", "hotpotqa") else "match_all" for task in REWARD_KIND}
 

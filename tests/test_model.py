@@ -130,7 +130,7 @@ def test_rotary_tables_equal_hf_bit_for_bit_at_long_positions():
 def test_qwen_05b_geometry_parameter_count():
     with torch.device("meta"):
         model = Qwen2(config_from_preset("qwen-ish-0.5b"))
-    # design.md section 5: 494.0M parameters, 136.1M of them the (tied) embedding
+    # Qwen2.5-0.5B: 494.0M parameters, 136.1M of them the (tied) embedding
     assert round(model.num_parameters() / 1e6, 1) == 494.0
     assert round(model.model.embed_tokens.weight.numel() / 1e6, 1) == 136.1
     assert "lm_head.weight" in model.state_dict()  # tied: same tensor under both HF names
