@@ -264,12 +264,13 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
 #   answer = reply to final_prompt(problem, memory)
 #
 # Every prompt is built from token ids, not re-tokenized text: the problem and the document are
-# encoded once, each chunk is a slice of exactly `chunk_tokens` document ids, and the memory placed
-# in the next prompt is the previous reply's ids (its stop token dropped). So a prompt is never
-# longer than template + problem + max(memory_tokens, initial memory) + chunk_tokens, and what the
-# trainer scores later is exactly what the model saw. (One cost with a BPE tokenizer that merges
-# punctuation with the newline after it, as Qwen2's does: a field's last token and the template's
-# "\n" stay two tokens where encoding the whole text would give one. Same text, a few more ids.)
+# encoded once, each chunk is a slice of `chunk_tokens` document ids (the last may be shorter),
+# and the memory placed in the next prompt is the previous reply's ids (its stop token dropped).
+# So a prompt is never longer than template + problem + max(memory_tokens, initial memory) +
+# chunk_tokens, and what the trainer scores later is exactly what the model saw. (One cost with a
+# BPE tokenizer that merges punctuation with the newline after it, as Qwen2's does: a field's last
+# token and the template's "\n" stay two tokens where encoding the whole text would give one.
+# Same text, a few more ids.)
 
 
 @dataclass
@@ -318,7 +319,8 @@ class Rollout:
     conversations: list  # K memory conversations, then the final one
     memories: list  # memory text after every turn: the trace a student reads
     answer: str  # text of the final reply (stop token dropped)
-    reward: float
+    reward: float  # the task reward of the answer (train.py then adds its overlong penalty here)
+    accuracy: float = 0.0  # train.py keeps the task reward here before adding that penalty
 
 
 def encode_prompt(tokenizer, user_text, fields):

@@ -95,7 +95,7 @@ class TrainConfig:
     vocab_size: int = 2048  # our sentencepiece tokenizer (ignored with --init-from)
     # agent geometry
     chunk_tokens: int = 48  # 8 chunks of a 384-token document: half hold a needle, half none
-    memory_tokens: int = 5  # room for one note, " 7." or " $3." (3 or 4 tokens), and the stop id
+    memory_tokens: int = 5  # room for one note, " 7." or " $3." (3 tokens each), and the stop id
     answer_tokens: int = 16
     window: int = 0  # positions the agent may use; 0 = the model's maximum
     max_chunks: int = 0  # agent training reads at most this many chunks (center truncation); 0 = all
@@ -1065,7 +1065,8 @@ def warm_start(cfg, model, tokenizer, data):
 
     if in_copy_curriculum(cfg, data, 0):
         print0(f"warm start: chunks of {cfg.short_chunk} tokens for {min(cfg.short_chunk_steps, cfg.sft_steps)} "
-               f"steps, then {cfg.chunk_tokens}")
+               f"steps" + (f", then {cfg.chunk_tokens}" if cfg.short_chunk_steps < cfg.sft_steps else
+                           " (all of them)"))
     gated = in_copy_curriculum(cfg, data, 0) and cfg.copy_gate > 0 and cfg.short_chunk_steps < cfg.sft_steps
     supervised(cfg, model, conversations_of, "warm start", gate_at=cfg.short_chunk_steps if gated else None,
                copy_rate=lambda: copy_rate(cfg, model, tokenizer))
