@@ -916,9 +916,11 @@ def supervised(cfg, model, conversations_of, label, gate_at=None, copy_rate=None
             loss = -(logp * mask).sum() / n_tokens
             loss.backward()
             loss_sum += loss.item()
-        check_finite(cfg, loss_sum, label)
+        if WORLD == 1:  # (under DDP: the gradient-norm check, the same on every rank; see rl_step)
+            check_finite(cfg, loss_sum, label)
         all_reduce_grads(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        check_finite(cfg, float(grad_norm), f"{label} (gradient norm)")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return all_sum([loss_sum])[0]
@@ -1314,7 +1316,11 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
                 dual_clip_c=cfg.dual_clip or None, agg=cfg.loss_agg, token_normalizer=token_norm,
                 seq_normalizer=seq_norm, max_len=budget, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
                 entropy=entropy, entropy_coef=cfg.entropy_coef)
-            check_finite(cfg, loss.item(), f"RL step {step + 1}")
+            # one process stops at a NaN loss before its backward. Under DDP a rank must not leave
+            # alone (the others would wait for it in the all-reduce): the gradient-norm check after
+            # the all-reduce sees the NaN on every rank and stops them all
+            if WORLD == 1:
+                check_finite(cfg, loss.item(), f"RL step {step + 1}")
             loss.backward()
             w = m_stats["response_tokens"]
             for k in stats:

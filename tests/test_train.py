@@ -1295,6 +1295,38 @@ def test_ddp_update_equals_the_one_process_update(tmp_path, monkeypatch):
         torch.testing.assert_close(ranks[1][name], ranks[0][name], atol=0, rtol=0, msg=name)
 
 
+def test_ddp_a_nan_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's loss turns NaN. Had it left alone, rank 0 would wait in the all-reduce for it (for
+    hours outside torchrun, which would otherwise kill it): both must stop with the message. The
+    two ranks are started by hand, so nothing but train.py stops them."""
+    poison = ("import dapo\nreal = dapo.policy_loss\n"
+              "def poisoned(*a, **k):\n    loss, m = real(*a, **k)\n"
+              "    return (loss * float('nan') if train.RANK == 1 else loss), m\n"
+              "dapo.policy_loss = poisoned\ntrain.rl_step(")
+    flags = ["--recipe", "smoke", "--device", "cpu", "--batch-size", "4", "--mini-batches", "1",
+             "--out-dir", str(tmp_path / "out")]
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests"), flags=flags,
+                                        rewards=[[1.0, 0.0]] * 4, out=str(tmp_path / "rank{}.pt"))
+                      .replace("train.rl_step(", poison, 1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(script)], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", RANK=str(r), LOCAL_RANK=str(r),
+                                       WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for r in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, err in zip(procs, errs):
+        assert p.returncode == 1 and "non-finite loss (nan) during RL step 1 (gradient norm)" in err, err[-2000:]
+    assert not os.path.exists(tmp_path / "rank0.pt")  # no rank went on to the end of its step
+
+
 # -----------------------------------------------------------------------------
 # the full-attention baseline (--baseline)
 
