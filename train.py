@@ -1135,10 +1135,11 @@ def check_finite(cfg, value, where):
     """Stop before a NaN/inf loss reaches the weights, saying which checkpoint is left to go on from."""
     if math.isfinite(value):
         return
-    state = os.path.join(cfg.out_dir, "ckpt", "trainer.pt")
-    if os.path.exists(state):
-        step = torch.load(state, map_location="cpu", weights_only=False)["step"]
-        kept = f"The last good checkpoint, {os.path.dirname(state)} at RL step {step}, is kept"
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    if os.path.exists(os.path.join(ckpt, "trainer.pt")):
+        with open(os.path.join(ckpt, "model", "meta.json")) as f:  # (the step, without the optimizer's GBs)
+            step = json.load(f)["step"]
+        kept = f"The last good checkpoint, {ckpt} at RL step {step}, is kept"
     else:
         kept = f"No RL checkpoint was written yet (the first comes at step {cfg.save_every})"
     raise SystemExit(f"train.py: non-finite loss ({value}) during {where}; stopping. {kept}; "
