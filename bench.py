@@ -207,7 +207,7 @@ def main():
         p.error(f"--device: {e}")
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # peak memory, syncs and CUDA graphs follow the current device
-    if args.cuda_graph and torch.device(args.device).type != "cuda":
+    if args.cuda_graph and device.type != "cuda":
         p.error(f"--cuda-graph needs a CUDA device, got --device {args.device}")
     if args.new_tokens < 2:
         p.error(f"--new-tokens must be >= 2 (decode speed is timed over the steps after the first), "

@@ -329,14 +329,16 @@ def parse_args(argv=None):
     for flag, value, meaning in (("--grad-clip", cfg.grad_clip, "0 = no clipping; a negative norm would "
                                   "flip the gradient"), ("--overlong-buffer", cfg.overlong_buffer, "0 = off"),
                                  ("--kl-coef", cfg.kl_coef, "0 = off; a negative one would reward drifting "
-                                  "from the reference"), ("--n-docs", cfg.n_docs, "0 = use --train-length")):
+                                  "from the reference"), ("--n-docs", cfg.n_docs, "0 = use --train-length"),
+                                 ("--rl-steps", cfg.rl_steps, "0 = no RL"),
+                                 ("--sft-steps", cfg.sft_steps, "0 = no warm start"),
+                                 ("--eval-n", cfg.eval_n, "0 = no evaluation"),
+                                 ("--short-chunk", cfg.short_chunk, "0 = no copy curriculum"),
+                                 ("--short-chunk-steps", cfg.short_chunk_steps, "0 = no copy curriculum"),
+                                 ("--baseline-steps", cfg.baseline_steps, "0 = the warm start alone"),
+                                 ("--warmup-steps", cfg.warmup_steps, "0 = no warm-up")):
         if not value >= 0:
             parser.error(f"{flag} must be >= 0 ({meaning}), got {value}")
-    for flag, value in (("--rl-steps", cfg.rl_steps), ("--sft-steps", cfg.sft_steps), ("--eval-n", cfg.eval_n),
-                        ("--short-chunk", cfg.short_chunk), ("--short-chunk-steps", cfg.short_chunk_steps),
-                        ("--baseline-steps", cfg.baseline_steps), ("--warmup-steps", cfg.warmup_steps)):
-        if value < 0:
-            parser.error(f"{flag} must be >= 0, got {value}")
     for flag, value in (("--lr", cfg.lr), ("--sft-lr", cfg.sft_lr), ("--weight-decay", cfg.weight_decay)):
         if not 0 <= value < math.inf:
             parser.error(f"{flag} must be a finite number >= 0, got {value}")

@@ -61,6 +61,13 @@ def run_main(args):
     return train.main(["--device", "cpu"] + args)
 
 
+def free_port():
+    """A free local port for a gloo rendezvous, so parallel test runs do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def read_metrics(out):
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -1225,9 +1232,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tok_dir, smoke_run, monkey
 
 def test_ddp_gloo_two_processes(tok_dir, smoke_run):
     out = fresh_out(tok_dir, "ddp")
-    with socket.socket() as s:  # a free port, so parallel test runs do not collide
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "train.py", "--recipe", "smoke", "--device", "cpu", "--out-dir", out, "--eval-scales", "1",
            "--init-from", os.path.join(smoke_run[0], "warmstart")]
@@ -1272,9 +1277,7 @@ def test_ddp_update_equals_the_one_process_update(tmp_path, monkeypatch):
     out = str(tmp_path / "rank{}.pt")
     script.write_text(DDP_WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests"), flags=flags,
                                         rewards=rewards, out=out))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            f"--master_port={port}", str(script)], cwd=str(tmp_path), capture_output=True,
                           text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -1309,9 +1312,7 @@ def test_ddp_a_nan_on_one_rank_stops_every_rank(tmp_path):
     script.write_text(DDP_WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests"), flags=flags,
                                         rewards=[[1.0, 0.0]] * 4, out=str(tmp_path / "rank{}.pt"))
                       .replace("train.rl_step(", poison, 1))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(script)], cwd=str(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1", RANK=str(r), LOCAL_RANK=str(r),
