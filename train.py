@@ -1443,8 +1443,13 @@ def note_if_rl_flat(cfg, table, gain=0.2):
     scale = next(iter(end), None)
     if scale is None or start.get(scale) is None or end[scale] is None or end[scale] - start[scale] >= gain:
         return
-    print0(f"note: RL gained {100 * (end[scale] - start[scale]):+.1f} points at {scale} over the starting "
-           f"policy. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw, "
+    gained = f"note: RL gained {100 * (end[scale] - start[scale]):+.1f} points at {scale} over the starting policy"
+    if not cfg.init_from and cfg.sft_steps == 0:  # (the paper recipes without --init-from)
+        print0(f"{gained}, which was the random initialization (--sft-steps 0, no --init-from): it cannot "
+               f"write the format, every reward is 0 and no group has a signal to learn from; start RL "
+               f"from a model that can (--init-from DIR, or --sft-steps N for a warm start)")
+        return
+    print0(f"{gained}. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw, "
            f"its warm start most (on cpu-demo 9 of seeds 0-9 rose by 67 to 80 points in 80 steps; README, "
            f"'Across seeds'): continue it (--resume --rl-steps {2 * cfg.rl_steps}) or try another --seed "
            f"(without --init-from: a new warm start)")

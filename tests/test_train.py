@@ -444,11 +444,16 @@ def test_table_has_every_scale_of_every_row(capsys):
 
 def test_a_flat_rl_run_ends_with_a_note(capsys):
     """After the table: a note when RL gained under 20 points at the first length (oracle: the
-    hand-made tables below), silence when it rose or when there is nothing to compare."""
+    hand-made tables below), a note that names the random initialization when RL started from it,
+    silence when it rose or when there is nothing to compare."""
     cfg = train.parse_args([])
     train.note_if_rl_flat(cfg, {"warm start": {"1x": 0.172, "4x": 0.19}, "RL": {"1x": 0.156, "4x": 0.19}})
     out = capsys.readouterr().out
     assert "note: RL gained -1.6 points at 1x" in out and "--resume --rl-steps 160" in out
+    random_start = train.parse_args(["--sft-steps", "0"])  # RL from the random initialization
+    train.note_if_rl_flat(random_start, {"warm start": {"1x": 0.0}, "RL": {"1x": 0.0}})
+    out = capsys.readouterr().out
+    assert "which was the random initialization" in out and "--resume" not in out
     for table in ({"warm start": {"1x": 0.172}, "RL": {"1x": 0.984}}, {"warm start": {"1x": 0.2}},
                   {"RL": {"1x": 0.1}}, {"warm start": {"1x": None}, "RL": {"1x": None}}):
         train.note_if_rl_flat(cfg, table)
@@ -909,6 +914,49 @@ def test_smoke_pipeline_writes_everything(smoke_run):
     for sub in ("warmstart/model.safetensors", "ckpt/model/model.safetensors", "ckpt/trainer.pt",
                 "rl/config.json", "eval.json"):
         assert os.path.exists(os.path.join(out, sub)), sub
+
+
+def test_paper_recipe_runs_end_to_end_shrunk_on_the_cpu(tok_dir, monkeypatch, capsys):
+    """The `paper` recipe's own path, shrunk to a tiny model, 4-document hotpot_synth samples and
+    128-token chunks so that the CPU runs it: no warm start (--sft-steps 0), documents sized by
+    --n-docs (training samples 4 documents, evaluation 4 and 8 at --eval-scales 1,2), RL rollouts
+    in slices of --rollout-rows 3 reading at most --max-chunks 2, evaluation every chunk, bf16
+    autocast, activation checkpointing in the update; --cuda-graph off CUDA gets its note. The
+    oracle is the recipe's settings and the flags: each agent call is recorded as made."""
+    out = fresh_out(tok_dir, "paper")
+    calls = []  # (max_chunks, max_rows, temperature, n_docs of each sample) per run_agent call
+    real_run_agent = train.run_agent
+
+    def recording_run_agent(model, tokenizer, samples, agent_cfg, **kwargs):
+        calls.append((agent_cfg.max_chunks, agent_cfg.max_rows, agent_cfg.temperature,
+                      [s["n_docs"] for s in samples]))
+        return real_run_agent(model, tokenizer, samples, agent_cfg, **kwargs)
+    monkeypatch.setattr(train, "run_agent", recording_run_agent)
+    checkpointed = []
+    real_checkpoint = torch.utils.checkpoint.checkpoint
+
+    def counting_checkpoint(function, *args, **kwargs):
+        checkpointed.append(torch.is_autocast_enabled("cpu"))
+        return real_checkpoint(function, *args, **kwargs)
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+
+    table = run_main(["--recipe", "paper", "--model", "tiny", "--out-dir", out, "--n-docs", "4",
+                      "--chunk-tokens", "128", "--memory-tokens", "24", "--answer-tokens", "16", "--window", "512",
+                      "--batch-size", "2", "--group-size", "2", "--mini-batches", "1", "--micro-batch", "4",
+                      "--rl-steps", "1", "--eval-n", "2", "--eval-scales", "1,2", "--rollout-rows", "3",
+                      "--max-chunks", "2", "--no-dynamic-sampling"])
+    printed = capsys.readouterr().out
+    assert "note: --cuda-graph needs a CUDA device" in printed and "== warm start" not in printed
+    assert not os.path.exists(os.path.join(out, "warmstart"))
+    assert set(table) == {"warm start", "RL"} and all(set(row) == {"1x", "2x"} for row in table.values())
+    training = [c for c in calls if c[0] == 2]
+    evaluation = [c for c in calls if c[0] == 0]
+    assert len(training) == 1 and len(evaluation) == 4  # one draw; 2 policies x 2 scales
+    assert training[0][1:] == (3, 1.0, [4, 4])  # the recipe's temperature 1.0, the rows flag, --n-docs
+    assert sorted(n for c in evaluation for n in c[3]) == [4] * 4 + [8] * 4  # 2 documents per scale per policy
+    assert all(c[2] == 0.0 for c in evaluation)  # greedy
+    assert checkpointed and all(checkpointed)  # the update's layers went through checkpoint, under autocast
+    assert read_metrics(out)[0]["step"] == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
