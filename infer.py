@@ -7,12 +7,13 @@ Run a trained MemAgent on a document and watch its memory, chunk by chunk.
 
 The agent reads the document in chunks of `chunk_tokens`; after each chunk it rewrites its memory
 (at most `memory_tokens`), and after the last one it answers from the memory alone. Printing the
-memory after every turn shows what the policy chose to keep. `--eval` measures accuracy (the
-training reward: exact match of the boxed answer, or the fraction of references found on tasks
-with several), the task's RULER metric (RULER, arXiv 2404.06654: string_match_all for needles and
-variable tracking, string_match_part for QA; on the boxed answer), how much of the answer the
-final memory holds (above accuracy: the answer turn misread a right memory), tokens/s and peak
-memory over document lengths: the extrapolation table. On needle tasks it adds what the
+memory after every turn shows what the policy chose to keep (on a generated needle task, each
+turn's header names the needles its chunk brought, and whether the question asks for them).
+`--eval` measures accuracy (the training reward: exact match of the boxed answer, or the fraction
+of references found on tasks with several), the task's RULER metric (RULER, arXiv 2404.06654:
+string_match_all for needles and variable tracking, string_match_part for QA; on the boxed
+answer), how much of the answer the final memory holds (above accuracy: the answer turn misread
+a right memory), tokens/s and peak memory over document lengths: the extrapolation table. On needle tasks it adds what the
 memory did at each turn whose chunk holds a needle (keep the old note, take the new one, or
 neither), by what the memory held and which needle came: what RL changed (turn_decisions). The
 agent geometry (chunk, memory and answer budgets, prompt variant) comes from the checkpoint's
@@ -107,16 +108,25 @@ def agent_config(args, train_cfg, tokenizer):
 
 
 def run_one(model, tokenizer, sample, cfg, args):
-    """Read one document, printing the memory after each turn unless --json; return a result dict."""
+    """Read one document, printing the memory after each turn unless --json; return a result dict.
+    On a generated needle task each turn's header names the needles its chunk brought, and whether
+    the question asks for them, so the trace shows what the memory chose between."""
     n_chunks = -(-len(tokenizer.encode(sample["context"])) // cfg.chunk_tokens)
+    brought = chunk_needles(tokenizer, sample, cfg.chunk_tokens)
 
     def show(turn, rollouts):
         if args.json or args.quiet:
             return
         r = rollouts[0]
         if turn < n_chunks:
-            print(f"--- memory after chunk {turn + 1}/{n_chunks} ---\n{r.memories[-1]}", flush=True)
+            needles = [f'"{sample["context"][n["start"]:n["end"]].strip()}" '
+                       f'({"asked" if n["value"] in sample["answers"] else "not asked"})'
+                       for n in (brought[turn] if brought else [])]
+            note = f" (the chunk brought {', '.join(needles)})" if needles else ""
+            print(f"--- memory after chunk {turn + 1}/{n_chunks}{note} ---\n{r.memories[-1]}", flush=True)
 
+    if not (args.json or args.quiet):
+        print(f"question: {sample['question']}")
     t0 = time.perf_counter()
     try:
         (rollout,) = run_agent(model, tokenizer, [sample], cfg, seed=args.seed, on_turn=show)
@@ -148,6 +158,16 @@ def kv_megabytes(model, tokens):
     return tokens * per_token / 2**20
 
 
+def chunk_needles(tokenizer, sample, chunk_tokens):
+    """For each chunk of a generated needle sample, the needles whose sentence lies whole inside it
+    (a needle that a chunk boundary cuts is in no chunk: the agent never sees it whole); [] for
+    a document without needle positions (a --file, a HotpotQA question)."""
+    if not sample.get("needles") or any("start" not in n for n in sample["needles"]):
+        return []
+    chunks = [tokenizer.decode(c) for c in chunk_ids(tokenizer.encode(sample["context"]), chunk_tokens)]
+    return [[n for n in sample["needles"] if sample["context"][n["start"]:n["end"]] in chunk] for chunk in chunks]
+
+
 def turn_decisions(tokenizer, sample, rollout, cfg):
     """What the agent did at each memory turn whose chunk holds exactly one whole needle: a list of
     (memory before, the chunk's needle, what the reply did), read off the values the memories hold
@@ -161,14 +181,10 @@ def turn_decisions(tokenizer, sample, rollout, cfg):
     This is what RL has to change on a selective task: from a warm start that keeps or takes
     whatever comes, to "take the asked needle, keep it against every other" (README).
     """
-    if not sample.get("needles") or any("start" not in n for n in sample["needles"]):
-        return []
-    chunks = [tokenizer.decode(c) for c in chunk_ids(tokenizer.encode(sample["context"]), cfg.chunk_tokens)]
     asked = set(sample["answers"])
     memories = [initial_memory(cfg.compact_prompts)] + rollout.memories  # before turn k: memories[k]
     decisions = []
-    for k, chunk in enumerate(chunks):
-        inside = [n for n in sample["needles"] if sample["context"][n["start"]:n["end"]] in chunk]
+    for k, inside in enumerate(chunk_needles(tokenizer, sample, cfg.chunk_tokens)):
         if len(inside) != 1 or k + 1 >= len(memories):
             continue
         new = inside[0]["value"]

@@ -55,6 +55,30 @@ def test_file_run_prints_memory_after_every_chunk(ckpt, tmp_path, capsys):
     assert n == expected >= 3 and f"memory after chunk {n}/{n} ---" in out and "--- answer ---" in out
 
 
+def test_the_trace_names_the_needles_each_chunk_brought(ckpt, capsys):
+    """A generated needle document: the question comes first, and each turn's header names the needles
+    lying whole in its chunk, the asked one marked. Oracle: chunk k covers the characters between the
+    decoded lengths of its first k x 64 and (k + 1) x 64 ids, and a needle is whole in the chunk that
+    covers its character span; one that straddles a boundary is named nowhere."""
+    code, out, _ = run(["--ckpt", ckpt, "--task", "niah_number_among_prices", "--length", "600", "--seed", "1000000"],
+                       capsys)
+    assert code == 0 and out.startswith("question: What is the magic number?\n")
+    tok = get_tokenizer(os.path.dirname(load_checkpoint(ckpt)[1]["tokenizer_file"]))
+    sample = make_sample_retry("niah_number_among_prices", 600, 1000000, tok)
+    ids = tok.encode(sample["context"])
+    edges = [len(tok.decode(ids[:k])) for k in range(0, len(ids), 64)] + [len(sample["context"])]
+    expected = {}
+    for n in sample["needles"]:
+        for k in range(len(edges) - 1):
+            if edges[k] <= n["start"] and n["end"] <= edges[k + 1]:
+                asked = "asked" if n["value"] in sample["answers"] else "not asked"
+                expected.setdefault(k + 1, []).append(f'"{sample["context"][n["start"]:n["end"]].strip()}" ({asked})')
+    headers = re.findall(r"--- memory after chunk (\d+)/\d+(?: \(the chunk brought (.*)\))? ---", out)
+    assert len(headers) == len(edges) - 1  # every chunk has a header
+    assert 0 < sum(map(len, expected.values())) < len(sample["needles"])  # this document has one cut needle
+    assert {int(k): text.split(", ") for k, text in headers if text} == expected
+
+
 def test_json_output_of_a_generated_sample(ckpt, capsys):
     code, out, _ = run(["--ckpt", ckpt, "--task", "niah_single_noise", "--length", "300", "--json"], capsys)
     result = json.loads(out)
