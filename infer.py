@@ -13,11 +13,11 @@ turn's header names the needles its chunk brought, and whether the question asks
 of references found on tasks with several), the task's RULER metric (RULER, arXiv 2404.06654:
 string_match_all for needles and variable tracking, string_match_part for QA; on the boxed
 answer), how much of the answer the final memory holds (above accuracy: the answer turn misread
-a right memory), tokens/s and peak memory over document lengths: the extrapolation table. On needle tasks it adds what the
-memory did at each turn whose chunk holds a needle (keep the old note, take the new one, or
-neither), by what the memory held and which needle came: what RL changed (turn_decisions). The
-agent geometry (chunk, memory and answer budgets, prompt variant) comes from the checkpoint's
-training config unless overridden.
+a right memory), tokens/s and peak memory over document lengths: the extrapolation table. On
+needle tasks it adds what the memory did at each turn whose chunk holds a needle (keep the old
+note, take the new one, or neither), by what the memory held and which needle came: what RL
+changed (turn_decisions). The agent geometry (chunk, memory and answer budgets, prompt variant)
+comes from the checkpoint's training config unless overridden.
 `--eval --baseline CKPT` adds a full-attention checkpoint (train.py --baseline) on the same
 documents; `--baseline-positions N` lets it read past the positions it was built for.
 """

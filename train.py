@@ -1445,9 +1445,9 @@ def note_if_rl_flat(cfg, table, gain=0.2):
         return
     gained = f"note: RL gained {100 * (end[scale] - start[scale]):+.1f} points at {scale} over the starting policy"
     if not cfg.init_from and cfg.sft_steps == 0:  # (the paper recipes without --init-from)
-        print0(f"{gained}, which was the random initialization (--sft-steps 0, no --init-from): it cannot "
-               f"write the format, every reward is 0 and no group has a signal to learn from; start RL "
-               f"from a model that can (--init-from DIR, or --sft-steps N for a warm start)")
+        print0(f"{gained}, which was the random initialization (--sft-steps 0, no --init-from): it does not "
+               f"know the format, so its rewards are (almost) all 0 and few groups carry a signal to learn "
+               f"from; start RL from a model that does (--init-from DIR, or --sft-steps N for a warm start)")
         return
     print0(f"{gained}. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw, "
            f"its warm start most (on cpu-demo 9 of seeds 0-9 rose by 67 to 80 points in 80 steps; README, "
