@@ -146,7 +146,7 @@ class TrainConfig:
     # its warm start writes digits it never read and mixes two notes' tokens twice as often, and
     # whether 80 DAPO steps found the rule depended on the draw (seed 0's needed ~100 steps on
     # session 22's VM); at 0.7 all 6 draws tried in session 22 rose, and with session 27's warm
-    # start 16 of seeds 0-19 gained +40 points within 80 steps (README, "Across seeds"). The paper: 1.0.
+    # start 16 of seeds 0-19 met both targets within 80 steps (README, "Across seeds"). The paper: 1.0.
     temperature: float = 0.7
     top_p: float = 1.0
     # evaluation
@@ -962,8 +962,8 @@ def extend_copy_curriculum(cfg, copy_rate, curriculum_step, label, t0):
     else:
         print0(f"warning: {label}: copy curriculum: the agent copies in only {100 * rate:.0f}% of documents "
                f"after {extra} added steps (--copy-gate {cfg.copy_gate}, --copy-patience {cfg.copy_patience}): "
-               f"the copy has not formed, and RL is unlikely to learn from this warm start (on cpu-demo, seeds "
-               f"6's and 17's: README, 'Across seeds'); try another --seed")
+               f"the copy has not formed, and RL is unlikely to learn from this warm start (on cpu-demo, the warm "
+               f"starts of seeds 6 and 17: README, 'Across seeds'); try another --seed")
     return extra
 
 
