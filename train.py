@@ -1386,7 +1386,7 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
             fits, total = all_sum([len(rewards), len(samples)])
             if fits < total:  # part of a length beyond the window is no score at all
                 results[f"{scale:g}x"] = None
-                print0(f"eval {label:9s} {scale:>4g}x: {int(total - fits)} of {int(total)} documents "
+                print0(f"eval {label:11s} {scale:>4g}x: {int(total - fits)} of {int(total)} documents "
                        f"exceed the {cfg.window or model.config.max_position_embeddings}-token window")
                 continue
         else:
@@ -1407,7 +1407,7 @@ def evaluate(cfg, model, tokenizer, data, label, full_attention=False):
                 holds[f"{scale:g}x"] = (any_value / count, asked / count)
                 held_text = (f" | final memory holds a needle value {100 * any_value / count:.0f}%, "
                              f"the asked one {100 * asked / count:.0f}%")
-        print0(f"eval {label:9s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
+        print0(f"eval {label:11s} {scale:>4g}x ({tokens // max(len(samples), 1)} tokens/doc): "
                f"accuracy {100 * correct / max(count, 1):5.1f}%{held_text} ({time.time() - t0:.0f}s)")
     return results, holds
 
@@ -1432,6 +1432,17 @@ def warn_if_no_copy(cfg, holds):
                f"so RL is unlikely to learn{hint}")
 
 
+def starting_row(cfg):
+    """The eval table's row for the policy RL starts from, named for what it is.
+
+    >>> [starting_row(TrainConfig(sft_steps=n, init_from=d)) for n, d in ((500, ""), (0, ""), (0, "qwen"))]
+    ['warm start', 'random init', '--init-from']
+    """
+    if cfg.init_from:
+        return "--init-from"
+    return "warm start" if cfg.sft_steps > 0 else "random init"
+
+
 def note_if_rl_flat(cfg, table, gain=0.2):
     """A note when RL gained under `gain` (20 points) at the first eval length over the starting
     policy: say it is the draw, and what to try. (On cpu-demo 16 of seeds 0-19 rose +60.9 to +81.2
@@ -1440,7 +1451,7 @@ def note_if_rl_flat(cfg, table, gain=0.2):
     collapsed on a partial rule (session 31). Under the reservoir targets of sessions 22-26, seeds
     5 and 8 did not rise either, and neither a DAPO flag nor another RL draw from their warm starts
     changed that: README, "Across seeds", and EXPERIMENTS.md, sessions 24-26.)"""
-    start, end = table.get("warm start") or {}, table.get("RL") or {}
+    start, end = table.get(starting_row(cfg)) or {}, table.get("RL") or {}
     scale = next(iter(end), None)
     if scale is None or start.get(scale) is None or end[scale] is None or end[scale] - start[scale] >= gain:
         return
@@ -1535,13 +1546,13 @@ def main(argv=None):
         except FileNotFoundError:
             pass
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # (written by hand, or by an older run)
-            print0(f"warning: {table_path} is unreadable ({e}); its rows (the warm start's) are not carried "
+            print0(f"warning: {table_path} is unreadable ({e}); its rows (the starting policy's) are not carried "
                    f"over: evaluate that checkpoint with infer.py --eval")
     elif not cfg.init_from and cfg.sft_steps > 0:
         warm_start_and_save(cfg, model, tokenizer, data)
     if not resuming and cfg.eval_n > 0:
         print0("== evaluating the starting policy")
-        table["warm start"], holds = evaluate(cfg, model, tokenizer, data, "warm start")
+        table[starting_row(cfg)], holds = evaluate(cfg, model, tokenizer, data, starting_row(cfg))
         warn_if_no_copy(cfg, holds)
         if RANK == 0:
             write_table(table, table_path)

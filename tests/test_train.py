@@ -451,7 +451,7 @@ def test_a_flat_rl_run_ends_with_a_note(capsys):
     out = capsys.readouterr().out
     assert "note: RL gained -1.6 points at 1x" in out and "--resume --rl-steps 160" in out
     random_start = train.parse_args(["--sft-steps", "0"])  # RL from the random initialization
-    train.note_if_rl_flat(random_start, {"warm start": {"1x": 0.0}, "RL": {"1x": 0.0}})
+    train.note_if_rl_flat(random_start, {"random init": {"1x": 0.0}, "RL": {"1x": 0.0}})
     out = capsys.readouterr().out
     assert "which was the random initialization" in out and "--resume" not in out
     for table in ({"warm start": {"1x": 0.172}, "RL": {"1x": 0.984}}, {"warm start": {"1x": 0.2}},
@@ -948,7 +948,8 @@ def test_paper_recipe_runs_end_to_end_shrunk_on_the_cpu(tok_dir, monkeypatch, ca
     printed = capsys.readouterr().out
     assert "note: --cuda-graph needs a CUDA device" in printed and "== warm start" not in printed
     assert not os.path.exists(os.path.join(out, "warmstart"))
-    assert set(table) == {"warm start", "RL"} and all(set(row) == {"1x", "2x"} for row in table.values())
+    # the row RL starts from is named for what it is: no warm start ran, so "random init"
+    assert set(table) == {"random init", "RL"} and all(set(row) == {"1x", "2x"} for row in table.values())
     training = [c for c in calls if c[0] == 2]
     evaluation = [c for c in calls if c[0] == 0]
     assert len(training) == 1 and len(evaluation) == 4  # one draw; 2 policies x 2 scales
@@ -1290,7 +1291,7 @@ def test_ddp_gloo_two_processes(tok_dir, smoke_run):
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["groups"] == 2
     with open(os.path.join(out, "eval.json")) as f:
-        assert set(json.load(f)) == {"warm start", "RL"}
+        assert set(json.load(f)) == {"--init-from", "RL"}  # (the starting row named for what it is)
 
 
 
