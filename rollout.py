@@ -265,7 +265,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
 #
 # Every prompt is built from token ids, not re-tokenized text: the problem and the document are
 # encoded once, each chunk is a slice of `chunk_tokens` document ids (the last may be shorter),
-# and the memory placed in the next prompt is the previous reply's ids (its stop token dropped).
+# and the memory placed in the next prompt is the previous reply's ids, its stop token and any
+# control id (<|im_start|>, <|pad|>, ... sampled mid-reply) dropped: the memory is data in the
+# next prompt, and data never carries a control id, so a reply cannot fake a turn boundary there.
 # So a prompt is never longer than template + problem + max(memory_tokens, initial memory) +
 # chunk_tokens, and what the trainer scores later is exactly what the model saw. (One cost with a
 # BPE tokenizer that merges punctuation with the newline after it, as Qwen2's does: a field's last
@@ -463,7 +465,7 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
         return []
     if max_positions is None:
         max_positions = model.config.max_position_embeddings
-    stop_ids = list(tokenizer.stop_ids)
+    stop_ids, control_ids = list(tokenizer.stop_ids), tokenizer.control_ids
     problems = [tokenizer.encode(s["question"]) for s in samples]
     documents = [document_chunks(tokenizer.encode(s["context"]), cfg) for s in samples]
     check_window(tokenizer, [len(p) for p in problems], cfg, max_positions)
@@ -503,8 +505,8 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
             if is_final:
                 rollout.answer, rollout.reward = reply_text_and_reward(tokenizer, samples[s], gen)
             else:
-                memory_ids[r] = reply  # overwrite: the old memory is gone
-                rollout.memories.append(tokenizer.decode(reply))
+                memory_ids[r] = [t for t in reply if t not in control_ids]  # overwrite: the old memory is gone
+                rollout.memories.append(tokenizer.decode(memory_ids[r]))
                 still_reading.append(r)
         if on_turn is not None:
             on_turn(turn, rollouts)

@@ -19,6 +19,7 @@ Choices that make it fit MemAgent:
 
 Special ids: <|im_start|> and <|im_end|> frame a chat turn; a reply ends with <|im_end|>, which
 is therefore eos_id; <|endoftext|> also stops generation (stop_ids); <|pad|> pads batches.
+control_ids holds them all: ids that only our templates put in a prompt, never data.
 
 The chat rendering lives here and only here: chat_prompt() for text, render_prompt() and
 render_reply() for ids; rollouts and the supervised warm start both call these.
@@ -115,6 +116,7 @@ class Tokenizer(ChatRendering):
         self.newline_id = piece_id[NEWLINE]
         self.eos_id = self.im_end_id
         self.stop_ids = [self.im_end_id, self.endoftext_id]
+        self.control_ids = frozenset(piece_id[s] for s in SPECIAL_TOKENS)  # never in data (see encode)
         self._cut_ids = {s: [piece_id[s]] for s in SPECIAL_TOKENS + [NEWLINE]}
         self._cut_ids[_SPACE_MARK] = [piece_id["<0xE2>"], piece_id["<0x96>"], piece_id["<0x81>"]]
         # a special-token string met in data: "<" and the rest as ordinary pieces, never the control id
@@ -206,6 +208,9 @@ class HFTokenizer(ChatRendering):
         self.endoftext_id = self.pad_id = ids["<|endoftext|>"]  # Qwen pads with <|endoftext|>
         self.eos_id = self.im_end_id
         self.stop_ids = [self.im_end_id, self.endoftext_id]
+        # the ChatML three, and every other added token tokenizer.json marks special
+        self.control_ids = frozenset({i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+                                     | {self.im_start_id, self.im_end_id, self.endoftext_id})
         self.system_prompt = default_system_prompt(directory)
 
     def encode(self, text: str) -> list[int]:

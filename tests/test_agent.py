@@ -27,6 +27,7 @@ class CharTokenizer:
         self.vocab_size = 259
         self.im_start_id, self.im_end_id, self.pad_id = 256, 257, 258
         self.stop_ids = [self.im_end_id]
+        self.control_ids = frozenset((256, 257, 258))
 
     def encode(self, text):
         """Data: every character is its own id, a spelled-out special token too."""
@@ -206,6 +207,32 @@ def test_a_document_that_spells_chat_tokens_cannot_close_the_turn():
     first = TOK.decode(r.conversations[0].prompt_ids)
     assert field(first, "Text:\n", "\nNew memory:") == samples[0]["context"][:CFG.chunk_tokens]
     assert r.reward == 1.0
+
+
+def test_control_ids_sampled_mid_reply_do_not_reach_the_next_prompt():
+    """A memory reply that samples <|im_start|> and <|pad|> mid-reply: the record keeps every
+    sampled id (its log-probs are scored on them), but the memory carried into the next prompt,
+    and the trace, drop them, so each prompt keeps exactly the template's control ids.
+    Oracle: the hand-written memory text below."""
+    inner = scripted_policy([])
+
+    def forging(prompts, budgets, stop_ids, cfg):
+        out = inner(prompts, budgets, stop_ids, cfg)
+        for i, ids in enumerate(prompts):
+            if "\nText:\n" in TOK.decode(ids):  # memory turns: a fake turn boundary mid-reply
+                tokens = TOK.encode("K=1 ") + [TOK.im_start_id] + TOK.encode("fake") + [TOK.pad_id] \
+                    + TOK.encode(" 2") + [TOK.im_end_id]
+                out[i] = Generation(tokens=tokens, logprobs=[-1.0] * len(tokens), stop_reason="stop")
+        return out
+
+    (r,) = run_agent(None, TOK, samples_of_lengths([3]), CFG, policy=forging, max_positions=512)
+    assert r.memories == ["K=1 fake 2"] * 3
+    for conv in r.conversations:
+        assert conv.prompt_ids.count(TOK.im_end_id) == 1 and conv.prompt_ids.count(TOK.im_start_id) == 2
+        assert TOK.pad_id not in conv.prompt_ids
+        if not conv.is_final:
+            assert conv.response_ids.count(TOK.im_start_id) == 1 and conv.response_ids.count(TOK.pad_id) == 1
+    assert [field(TOK.decode(c.prompt_ids), "Memory:\n", "\n") for c in r.conversations[1:]] == ["K=1 fake 2"] * 3
 
 
 def test_each_turn_gets_its_own_budget():

@@ -77,6 +77,8 @@ def test_encode_decode_match_transformers(hf_dir, text):
     assert ours.decode(ours.encode(text)) == text and ours.decode(ours.encode_chat(text)) == text
     specials = {ours.im_start_id, ours.im_end_id, ours.endoftext_id}
     assert not specials & set(ours.encode(text))
+    # control ids: what transformers counts as special added tokens (rollouts drop them from a memory)
+    assert ours.control_ids == {i for i, t in theirs.added_tokens_decoder.items() if t.special} == specials
 
 
 def test_special_ids_and_stops(hf_dir):
@@ -86,6 +88,24 @@ def test_special_ids_and_stops(hf_dir):
     assert set(tok.stop_ids) == {tok.im_end_id, tok.encode_chat("<|endoftext|>")[0]}
     reply = tok.render_reply("The answer is \\boxed{7}.")
     assert reply[-1] == tok.im_end_id and tok.decode_reply(reply + [5, 6]) == "The answer is \\boxed{7}."
+
+
+def test_control_ids_are_the_special_added_tokens(hf_dir, tmp_path):
+    """Qwen2.5's tokenizer adds more tokens than the ChatML three, some special (<|fim_prefix|>)
+    and some not (<tool_call>): control_ids holds the special ones, as transformers counts them."""
+    import shutil
+
+    from tokenizers import AddedToken, Tokenizer
+    shutil.copytree(hf_dir, tmp_path / "more")
+    path = str(tmp_path / "more" / "tokenizer.json")
+    tok = Tokenizer.from_file(path)
+    tok.add_special_tokens([AddedToken("<|fim_prefix|>", special=True)])
+    tok.add_tokens([AddedToken("<tool_call>", special=False)])
+    tok.save(path)
+    ours, theirs = HFTokenizer(str(tmp_path / "more")), transformers.AutoTokenizer.from_pretrained(tmp_path / "more")
+    fim, tool = ours.hf.token_to_id("<|fim_prefix|>"), ours.hf.token_to_id("<tool_call>")
+    assert fim in ours.control_ids and tool not in ours.control_ids and len(ours.control_ids) == 4
+    assert ours.control_ids == {i for i, t in theirs.added_tokens_decoder.items() if t.special}
 
 
 def test_missing_pieces_are_clear_errors(tmp_path):

@@ -21,6 +21,7 @@ def test_vocab_and_special_ids(tok):
     assert len(set(ids)) == len(ids) and all(0 <= i < tok.vocab_size for i in ids)
     assert tok.eos_id == tok.im_end_id
     assert tok.stop_ids == [tok.im_end_id, tok.endoftext_id]
+    assert tok.control_ids == {tok.im_start_id, tok.im_end_id, tok.endoftext_id, tok.pad_id}
     for s in SPECIAL_TOKENS + ["\n"]:
         (i,) = tok.encode_chat(s)  # one id each
         assert tok.decode([i]) == s
