@@ -1451,7 +1451,9 @@ def note_if_rl_flat(cfg, table, gain=0.2):
     collapsed on a partial rule (session 31). Under the reservoir targets of sessions 22-26, seeds
     5 and 8 did not rise either, and neither a DAPO flag nor another RL draw from their warm starts
     changed that: README, "Across seeds", and EXPERIMENTS.md, sessions 24-26.)"""
-    start, end = table.get(starting_row(cfg)) or {}, table.get("RL") or {}
+    # (an eval.json written before session 32 names every starting row "warm start")
+    start = table.get(starting_row(cfg)) or table.get("warm start") or {}
+    end = table.get("RL") or {}
     scale = next(iter(end), None)
     if scale is None or start.get(scale) is None or end[scale] is None or end[scale] - start[scale] >= gain:
         return

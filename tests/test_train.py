@@ -454,6 +454,10 @@ def test_a_flat_rl_run_ends_with_a_note(capsys):
     train.note_if_rl_flat(random_start, {"random init": {"1x": 0.0}, "RL": {"1x": 0.0}})
     out = capsys.readouterr().out
     assert "which was the random initialization" in out and "--resume" not in out
+    loaded = train.TrainConfig(init_from="some/dir")  # its row, and an older run's name for it
+    for name in ("--init-from", "warm start"):
+        train.note_if_rl_flat(loaded, {name: {"1x": 0.3}, "RL": {"1x": 0.35}})
+        assert "note: RL gained +5.0 points at 1x" in capsys.readouterr().out
     for table in ({"warm start": {"1x": 0.172}, "RL": {"1x": 0.984}}, {"warm start": {"1x": 0.2}},
                   {"RL": {"1x": 0.1}}, {"warm start": {"1x": None}, "RL": {"1x": None}}):
         train.note_if_rl_flat(cfg, table)
