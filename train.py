@@ -1459,7 +1459,7 @@ def note_if_rl_flat(cfg, table, gain=0.2):
     if scale is None or start.get(scale) is None or end[scale] is None or end[scale] - start[scale] >= gain:
         return
     gained = f"note: RL gained {100 * (end[scale] - start[scale]):+.1f} points at {scale} over the starting policy"
-    if not cfg.init_from and cfg.sft_steps == 0:  # (the paper recipes without --init-from)
+    if starting_row(cfg) == "random init":  # (the paper recipes without --init-from)
         print0(f"{gained}, which was the random initialization (--sft-steps 0, no --init-from): it does not "
                f"know the format, so its rewards are (almost) all 0 and few groups carry a signal to learn "
                f"from; start RL from a model that does (--init-from DIR, or --sft-steps N for a warm start)")
@@ -1555,7 +1555,8 @@ def main(argv=None):
         warm_start_and_save(cfg, model, tokenizer, data)
     if not resuming and cfg.eval_n > 0:
         print0("== evaluating the starting policy")
-        table[starting_row(cfg)], holds = evaluate(cfg, model, tokenizer, data, starting_row(cfg))
+        start_row = starting_row(cfg)
+        table[start_row], holds = evaluate(cfg, model, tokenizer, data, start_row)
         warn_if_no_copy(cfg, holds)
         if RANK == 0:
             write_table(table, table_path)
