@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from memagent.prompts import direct_prompt, final_prompt, initial_memory, memory_prompt
-from memagent.reward import compute_reward
+from memagent.reward import REWARD_KIND, compute_reward
 from memagent.tokenizer import chat_prompt
 
 # -----------------------------------------------------------------------------
@@ -292,12 +292,12 @@ class AgentConfig:
 
     def __post_init__(self):
         for name in ("chunk_tokens", "memory_tokens", "answer_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_rows < 0:
-            raise ValueError(f"max_rows must be >= 0 (0 = all rows in one call), got {self.max_rows}")
-        if self.max_chunks < 0:
-            raise ValueError(f"max_chunks must be >= 0 (0 = no cap), got {self.max_chunks}")
+            if not isinstance(getattr(self, name), Integral) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.max_rows, Integral) or self.max_rows < 0:
+            raise ValueError(f"max_rows must be an integer >= 0 (0 = all rows in one call), got {self.max_rows!r}")
+        if not isinstance(self.max_chunks, Integral) or self.max_chunks < 0:
+            raise ValueError(f"max_chunks must be an integer >= 0 (0 = no cap), got {self.max_chunks!r}")
         check_sampling(self.temperature, self.top_k, self.top_p)
 
 
@@ -410,12 +410,17 @@ def check_window(tokenizer, problem_lengths, cfg, max_positions):
     memory = max(cfg.memory_tokens, len(tokenizer.encode(initial_memory(cfg.compact_prompts))))
     memory_turn = template + problem + memory + cfg.chunk_tokens + cfg.memory_tokens
     final_turn = final_template + problem + memory + cfg.answer_tokens
-    if max(memory_turn, final_turn) > max_positions:
+    if memory_turn > max_positions:
         raise ValueError(
-            f"window too small: template {template} + problem {problem} + memory {memory} "
-            f"+ chunk {cfg.chunk_tokens} + reply {cfg.memory_tokens} = {memory_turn} tokens "
-            f"(final turn: {final_turn}) > the model's {max_positions} positions; lower "
-            f"--chunk-tokens or --memory-tokens, or use a model with more positions")
+            f"window too small: a memory turn is template {template} + problem {problem} + memory {memory} "
+            f"+ chunk {cfg.chunk_tokens} + reply {cfg.memory_tokens} = {memory_turn} tokens > the model's "
+            f"{max_positions} positions; lower --chunk-tokens or --memory-tokens, or use a model with more "
+            f"positions")
+    if final_turn > max_positions:
+        raise ValueError(
+            f"window too small: the final turn is template {final_template} + problem {problem} + memory "
+            f"{memory} + answer {cfg.answer_tokens} = {final_turn} tokens > the model's {max_positions} "
+            f"positions; lower --answer-tokens or --memory-tokens, or use a model with more positions")
     return max(memory_turn, final_turn)
 
 
@@ -456,15 +461,28 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
     memory turn, those whose document just ended do their final turn in the same call and leave.
     Returns a list of Rollout, samples in order, each sample's group members consecutive.
     on_turn(turn, rollouts) is called after every turn (infer.py prints the memory trace with it).
+    max_positions: the window every conversation must fit (default and cap: the model's positions).
+    seed=None draws a fresh random seed.
     """
+    if not isinstance(group_size, Integral) or group_size < 1:
+        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+    for s in samples:  # an unknown task would otherwise fail at the final turn, after the whole batch ran
+        if s.get("answers") and s.get("task") not in REWARD_KIND:
+            raise ValueError(f"unknown task {s.get('task')!r}; known tasks: {', '.join(sorted(REWARD_KIND))}")
     if policy is None:
         generator = torch.Generator(device=model.lm_head.weight.device)
-        generator.manual_seed(seed)
+        if seed is None:
+            generator.seed()  # a fresh random seed, as generate takes seed=None
+        else:
+            generator.manual_seed(seed)
         policy = model_policy(model, generator)
     if not samples:
         return []
+    if model is not None:  # a caller's window may be smaller than the model's, never larger
+        model_positions = model.config.max_position_embeddings
+        max_positions = model_positions if max_positions is None else min(max_positions, model_positions)
     if max_positions is None:
-        max_positions = model.config.max_position_embeddings
+        raise ValueError("run_agent: without a model, pass max_positions (the window to check prompts against)")
     stop_ids, control_ids = list(tokenizer.stop_ids), tokenizer.control_ids
     problems = [tokenizer.encode(s["question"]) for s in samples]
     documents = [document_chunks(tokenizer.encode(s["context"]), cfg) for s in samples]

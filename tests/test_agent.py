@@ -191,7 +191,7 @@ def test_max_chunks_center_truncates_training_documents():
         assert len(r.conversations) == n + 1 and r.reward == 1.0
     uncapped = run_agent(None, TOK, samples[:1], CFG, policy=scripted_policy([]), max_positions=512)
     assert len(uncapped[0].conversations) == 8 and uncapped[0].reward == 1.0
-    with pytest.raises(ValueError, match="max_chunks must be >= 0"):
+    with pytest.raises(ValueError, match="max_chunks must be an integer >= 0"):
         AgentConfig(max_chunks=-1)
 
 
@@ -267,6 +267,62 @@ def test_window_check_names_the_numbers():
         run_agent(None, TOK, samples, CFG, policy=scripted_policy([]), max_positions=100)
 
 
+def test_window_check_names_the_final_turn_when_the_answer_budget_overflows():
+    # memory turns need 40 + 60 + 40 + template + problem < 400; the final turn's 500-token answer does not fit
+    cfg = AgentConfig(chunk_tokens=60, memory_tokens=40, answer_tokens=500)
+    with pytest.raises(ValueError, match=r"window too small: the final turn is .*answer 500 .*> the model's 400 "
+                                         r"positions; lower --answer-tokens"):
+        run_agent(None, TOK, samples_of_lengths([2]), cfg, policy=scripted_policy([]), max_positions=400)
+
+
+def test_window_check_is_capped_at_the_model_positions_before_any_turn_runs():
+    """A caller's max_positions larger than the model's positions must not skip the check: the
+    error comes at the start, not from generate at the turn whose prompt first overflows."""
+    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                              max_position_embeddings=256)).eval()
+    cfg = AgentConfig(chunk_tokens=150, memory_tokens=40, answer_tokens=6)
+    turns = []
+    with pytest.raises(ValueError, match="window too small: a memory turn .*> the model's 256 positions"):
+        run_agent(model, TOK, samples_of_lengths([3]), cfg, max_positions=8192,
+                  on_turn=lambda turn, rollouts: turns.append(turn))
+    assert turns == []
+
+
+def test_bad_run_arguments_are_named_before_any_turn_runs():
+    turns = []
+    def recording(prompts, budgets, stop_ids, cfg):
+        turns.append(len(prompts))
+        return scripted_policy([])(prompts, budgets, stop_ids, cfg)
+    bad_task = [dict(samples_of_lengths([2])[0], task="qa")]
+    with pytest.raises(ValueError, match="unknown task 'qa'"):
+        run_agent(None, TOK, bad_task, CFG, policy=recording, max_positions=512)
+    for group_size in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="group_size must be an integer >= 1"):
+            run_agent(None, TOK, samples_of_lengths([2]), CFG, group_size=group_size, policy=recording,
+                      max_positions=512)
+    with pytest.raises(ValueError, match="without a model, pass max_positions"):
+        run_agent(None, TOK, samples_of_lengths([2]), CFG, policy=recording)
+    assert turns == []
+    for name, value in (("chunk_tokens", 60.0), ("max_rows", 2.0), ("max_chunks", 1.5)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            AgentConfig(**{name: value})
+
+
+def test_seed_none_samples_fresh_and_a_seed_repeats():
+    torch.manual_seed(0)
+    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                              max_position_embeddings=512)).eval()
+    cfg = AgentConfig(chunk_tokens=60, memory_tokens=12, answer_tokens=6, temperature=1.0)
+    samples = samples_of_lengths([2])
+    def replies(seed):
+        return [c.response_ids for r in run_agent(model, TOK, samples, cfg, group_size=4, seed=seed)
+                for c in r.conversations]
+    assert replies(3) == replies(3)
+    assert replies(None) != replies(None)  # 4 x 3 replies of up to 12 tokens from a 259-id vocabulary
+
+
 def test_window_check_covers_every_conversation_even_with_a_long_initial_memory():
     # memory_tokens=2 is shorter than the initial memory "None." (5 ids): turn 0's prompt holds 5
     cfg = AgentConfig(chunk_tokens=60, memory_tokens=2, answer_tokens=12, compact_prompts=True)
@@ -284,7 +340,7 @@ def test_window_check_covers_every_conversation_even_with_a_long_initial_memory(
 def test_no_samples_no_rollouts_and_bad_budgets_are_named():
     assert run_agent(None, TOK, [], CFG, policy=scripted_policy([])) == []
     for name in ("chunk_tokens", "memory_tokens", "answer_tokens"):
-        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got 0"):
             AgentConfig(**{name: 0})
     with pytest.raises(ValueError, match="top_p must be in"):
         AgentConfig(top_p=0.0)
