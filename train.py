@@ -136,6 +136,7 @@ class TrainConfig:
     adv_std: bool = True  # divide advantages by the group std (False: Dr. GRPO)
     dynamic_sampling: bool = True
     max_gen_batches: int = 3
+    filter_groups_by: str = "reward"  # what dynamic sampling needs to vary in a group: reward or accuracy
     kl_coef: float = 0.0  # k3 KL to the frozen start policy
     entropy_coef: float = 0.0  # entropy bonus (verl's entropy_coeff); 0 = off, as in DAPO
     # soft overlong punishment buffer in tokens (0 = off). 1: a reply that fills its budget (cut, or
@@ -222,6 +223,10 @@ HELP = {
                         "only; EXPERIMENTS.md, session 21)",
     "entropy_coef": "entropy bonus: loss - COEF * the --loss-agg mean of the policy's per-token entropy "
                     "(verl's entropy_coeff; off by default, as in DAPO; a negative COEF penalizes entropy)",
+    "filter_groups_by": "dynamic sampling keeps a group whose rollouts differ in this: reward (the task reward "
+                        "plus the overlong penalty, so a group is kept when only a reply's length differs) or "
+                        "accuracy (the task reward alone: DAPO's reference, verl's filter_groups.metric=acc). "
+                        "The same with --overlong-buffer 0",
     "overlong_buffer": "DAPO soft overlong punishment over the last N tokens of each reply's budget (0 = off; "
                        "cpu-demo 1: -1 for a rollout with a reply that fills its budget)",
     "resume": "continue from OUT_DIR/ckpt (model, optimizer, RNG, step, data position) with the same "
@@ -319,6 +324,8 @@ def parse_args(argv=None):
         parser.error(f"--top-p must be in (0, 1], got {cfg.top_p}")
     if cfg.seed < 0:  # (seeds of samples and rollouts are built from it; random.Random(-s) is random.Random(s))
         parser.error(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.filter_groups_by not in ("reward", "accuracy"):
+        parser.error(f"--filter-groups-by must be reward or accuracy, not {cfg.filter_groups_by!r}")
     if cfg.max_gen_batches < 1:
         parser.error(f"--max-gen-batches must be >= 1 (rollout batches drawn per step), got {cfg.max_gen_batches}")
     if cfg.save_every < 1:
@@ -1193,7 +1200,8 @@ def collect_rollouts(cfg, model, tokenizer, data, step, data_round=0):
         draws.append(rollouts)
         return [rollouts[g * cfg.group_size:(g + 1) * cfg.group_size] for g in range(per_rank)]
 
-    rewards_of = lambda group: [r.reward for r in group]
+    # the signal dynamic sampling asks of a group: its rewards (with the overlong penalty) or its accuracies
+    rewards_of = lambda group: [getattr(r, cfg.filter_groups_by) for r in group]
     if cfg.dynamic_sampling:
         try:
             groups, stats = dapo.fill_batch(draw, rewards_of, per_rank, cfg.max_gen_batches)
@@ -1203,7 +1211,7 @@ def collect_rollouts(cfg, model, tokenizer, data, step, data_round=0):
     else:
         groups = draw()
     drawn = [d[i:i + cfg.group_size] for d in draws for i in range(0, len(d), cfg.group_size)]
-    with_signal = sum(len(set(rewards_of(g))) > 1 for g in drawn)  # groups dynamic sampling keeps
+    with_signal = sum(len(set(rewards_of(g))) > 1 for g in drawn)  # groups dynamic sampling keeps (or would)
     generated = sum(len(c.response_ids) for d in draws for r in d for c in r.conversations)
     return groups, (with_signal, len(drawn)), draws[0], generated, int(all_max(len(draws)))
 
@@ -1287,8 +1295,10 @@ def rl_step(cfg, model, ref_model, optimizer, tokenizer, data, step, data_round=
     gap = sum(abs(a - b) for c in later_convs for a, b in zip(c.logprobs, logp_old_of[id(c)]))
     logp_ref_of = score_responses(cfg, ref_model, kept_convs) if ref_model is not None else None  # frozen
     # token-weighted sums of the per-micro-batch diagnostics; pg_loss adds up to each mini-batch's loss
-    stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "dual_clip_frac": 0.0, "ratio_mean": 0.0,
-             "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0, "response_tokens": 0.0}
+    # (kl_ref only with a reference model: a logged 0.0 would read as "has not moved from it")
+    stat_names = ["clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean", "approx_kl", "entropy"]
+    stat_names += ["kl_ref"] * (ref_model is not None) + ["response_tokens"]  # response_tokens stays last
+    stats = dict.fromkeys(stat_names, 0.0)
     pg_loss, stepped, grad_norms = 0.0, 0, 0.0
     budget = max(cfg.memory_tokens, cfg.answer_tokens)
     for mini, convs in enumerate(part_convs):

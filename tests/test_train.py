@@ -82,7 +82,8 @@ def test_help_lists_the_dapo_flags():
                          text=True, timeout=60)
     assert out.returncode == 0
     for flag in ("--recipe", "--clip-high", "--no-dynamic-sampling", "--adv-std", "--no-adv-std",
-                 "--loss-agg", "--kl-coef", "--entropy-coef", "--resume", "--init-from", "--overlong-buffer"):
+                 "--loss-agg", "--kl-coef", "--entropy-coef", "--resume", "--init-from", "--overlong-buffer",
+                 "--filter-groups-by"):
         assert flag in out.stdout, flag
 
 
@@ -135,6 +136,7 @@ def test_recipes_and_overrides():
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--max-gen-batches", "0"], "--max-gen-batches must be >= 1"),
+    (["--filter-groups-by", "score"], "--filter-groups-by must be reward or accuracy"),
     (["--save-every", "0"], "--save-every must be >= 1"),
     (["--clip-low", "1.5"], "need 0 <= --clip-low < 1"),
     (["--dual-clip", "0.5"], "--dual-clip must be > 1"),
@@ -836,6 +838,31 @@ def test_overlong_penalty_reads_each_turns_own_budget_and_accuracy_stays_the_tas
     assert [r.accuracy for r in first] == [1.0, 1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("filter_by, kept", [("reward", [0, 1]), ("accuracy", [1])])
+def test_dynamic_sampling_filters_groups_on_reward_or_accuracy(monkeypatch, filter_by, kept):
+    """Two groups of two, hand-built: group 0 answers wrong twice, but one of its memory replies
+    fills its 5-token budget (overlong penalty -1), so its rewards differ (-1, 0) and its
+    accuracies do not (0, 0); group 1 answers right once (rewards and accuracies 1, 0). Filtering
+    on reward keeps both groups; on accuracy (DAPO's reference) only group 1."""
+    from rollout import Conversation, Rollout
+    cfg = train.parse_args(["--device", "cpu", "--batch-size", "2", "--group-size", "2",
+                            "--max-gen-batches", "1", "--filter-groups-by", filter_by])
+    memory_len, correct = [5, 3, 3, 3], [0.0, 0.0, 1.0, 0.0]  # per rollout
+
+    def fake_run_agent(model, tok, samples, agent, group_size=1, seed=0, **kwargs):
+        return [Rollout(sample=i // group_size, member=i % group_size, memories=[], answer="", reward=correct[i],
+                        conversations=[Conversation(rollout=i, sample=i // group_size, turn=t, is_final=t == 1,
+                                                    prompt_ids=[1], response_ids=[7] * n, logprobs=[0.0] * n,
+                                                    truncated=False) for t, n in enumerate((memory_len[i], 3))])
+                for i in range(len(samples) * group_size)]
+    monkeypatch.setattr(train, "run_agent", fake_run_agent)
+    monkeypatch.setattr(train, "get_sample", lambda *a, **kw: dict(question="q", context="c", answers=["1"]))
+    groups, (with_signal, drawn), first, _, _ = train.collect_rollouts(cfg, None, None, None, 0)
+    assert [r.reward for r in first] == [-1.0, 0.0, 1.0, 0.0]
+    assert [[r.sample for r in g] for g in groups] == [[s, s] for s in kept]
+    assert (with_signal, drawn) == (len(kept), 2)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_training_keeps_fp32_weights_so_a_1e_6_update_survives(tok_dir, device):
     """--dtype bfloat16 is mixed precision: the weights stay float32 and only the forward runs in
@@ -914,6 +941,7 @@ def test_smoke_pipeline_writes_everything(smoke_run):
                 "clip_frac_low", "clip_frac_high", "approx_kl", "entropy", "time_rollout",
                 "time_update", "tokens_per_s", "grad_norm"):
         assert key in rows[0]
+    assert "kl_ref" not in rows[0]  # no --kl-coef: no reference model, so no KL to it is measured
     assert rows[0]["trained_tokens"] > 0 and rows[0]["entropy"] > 0 and rows[0]["grad_norm"] >= 0
     for sub in ("warmstart/model.safetensors", "ckpt/model/model.safetensors", "ckpt/trainer.pt",
                 "rl/config.json", "eval.json"):
