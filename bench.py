@@ -5,7 +5,7 @@ Measured speed of the sampling engine and of the agent.
   python bench.py --model qwen-ish-0.5b --batch 1 16 64 --prompt-len 7000 --new-tokens 128   # on a GPU
   python bench.py ... --cuda-graph                 # the same, decode steps replayed from a CUDA graph
   python bench.py --agent                          # the agent on documents of 1x, 4x, 16x, 64x length
-  python bench.py --agent --model qwen-ish-0.5b --batch 16 --chunk-tokens 5000 --memory-tokens 1024 \
+  python bench.py --agent --model qwen-ish-0.5b --batch 16 --chunk-tokens 5000 --memory-tokens 1024 \\
       --answer-tokens 1024 --base-length 5000 --multiples 1 4 16 --cuda-graph   # the paper's geometry
 
 Prints prefill tokens/s, decode tokens/s (all rows together) and ms per decode step, peak memory,

@@ -435,7 +435,7 @@ def main(argv=None):
     given = [flag for flag, value in (("--lengths", args.lengths), ("--n", args.n), ("--batch", args.batch))
              if value is not None]
     if given and not args.eval:
-        fail(f"{', '.join(given)} go with --eval (a single run reads one document)")
+        fail(f"{', '.join(given)}: only with --eval (a single run reads one document)")
     args.lengths = args.lengths or ["1k", "4k", "16k", "64k"]
     args.n = 16 if args.n is None else args.n
     args.batch = 8 if args.batch is None else args.batch

@@ -409,7 +409,11 @@ def load_hf(directory, dtype=torch.float32, device="cpu"):
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"no config.json in {directory}")
     with open(config_path) as f:
-        config = config_from_hf(json.load(f))
+        try:
+            hf_config = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config_path} is not valid JSON ({e})") from None
+    config = config_from_hf(hf_config)
     state = read_safetensors_dir(directory)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}  # old HF files
     if config.tie_word_embeddings:
@@ -574,8 +578,8 @@ def resolve_checkpoint(name_or_path):
 
 
 def run_folder_hint(folder):
-    """For an error message: when `folder` is a train.py out dir, the checkpoints inside it."""
-    inside = [os.path.join(folder, d) for d in ("rl", "warmstart", "baseline", os.path.join("ckpt", "model"))
+    """For an error message: when `folder` is a train.py out dir (or its ckpt/), the checkpoints inside it."""
+    inside = [os.path.join(folder, d) for d in ("rl", "warmstart", "baseline", os.path.join("ckpt", "model"), "model")
               if os.path.isfile(os.path.join(folder, d, "config.json"))]
     return f"; it is a training run's folder: pass one of its checkpoints, {', '.join(inside)}" if inside else ""
 

@@ -255,7 +255,9 @@ def sized_in_docs(cfg):
 
 def parse_args(argv=None):
     """TrainConfig from the command line: recipe defaults first, then the flags given."""
-    parser = argparse.ArgumentParser(description="Train a MemAgent: warm start -> DAPO -> eval.")
+    parser = argparse.ArgumentParser(description="Train a MemAgent: warm start -> DAPO -> eval. The defaults "
+                                     "shown are TrainConfig's (the cpu-demo recipe's); a --recipe replaces some "
+                                     "of them, and the run prints every setting it uses at start.")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool or f.type == "bool":
@@ -310,6 +312,9 @@ def parse_args(argv=None):
             parser.error(f"--device: {e}")
     if cfg.init_from and not os.path.isdir(cfg.init_from):
         parser.error(f"--init-from {cfg.init_from}: no such directory")
+    if cfg.init_from and args.vocab_size is not None:
+        parser.error("--vocab-size sets the tokenizer a new model trains; --init-from DIR brings its own "
+                     "tokenizer (drop one of the two)")
     if min(cfg.group_size, cfg.batch_size, cfg.mini_batches, cfg.micro_batch, cfg.sft_batch) < 1:
         parser.error("--group-size, --batch-size, --mini-batches, --micro-batch and --sft-batch must be >= 1")
     if cfg.group_size < 2 and cfg.rl_steps > 0 and not cfg.baseline:
@@ -330,9 +335,9 @@ def parse_args(argv=None):
         parser.error(f"--max-gen-batches must be >= 1 (rollout batches drawn per step), got {cfg.max_gen_batches}")
     if cfg.save_every < 1:
         parser.error(f"--save-every must be >= 1 (RL steps between checkpoints), got {cfg.save_every}")
-    if not 0 <= cfg.clip_low < 1 or cfg.clip_high < 0:
+    if not (0 <= cfg.clip_low < 1 and 0 <= cfg.clip_high < math.inf):  # (written so that NaN fails too)
         parser.error(f"need 0 <= --clip-low < 1 and --clip-high >= 0, got {cfg.clip_low} and {cfg.clip_high}")
-    if cfg.dual_clip and cfg.dual_clip <= 1:
+    if not (cfg.dual_clip == 0 or 1 < cfg.dual_clip < math.inf):
         parser.error(f"--dual-clip must be > 1 (or 0 = off), got {cfg.dual_clip}")
     for flag, value, meaning in (("--grad-clip", cfg.grad_clip, "0 = no clipping; a negative norm would "
                                   "flip the gradient"), ("--overlong-buffer", cfg.overlong_buffer, "0 = off"),
@@ -356,6 +361,11 @@ def parse_args(argv=None):
         parser.error(f"--entropy-coef must be finite, got {cfg.entropy_coef}")
     if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
         parser.error(f"--out-dir {cfg.out_dir} is a file, not a folder")
+    ancestor = os.path.dirname(os.path.abspath(cfg.out_dir))
+    while not os.path.exists(ancestor):  # the nearest folder that exists must be a folder, not a file
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        parser.error(f"--out-dir {cfg.out_dir}: {ancestor} is a file, so no folder can be made below it")
     if args.n_docs and not sized_in_docs(cfg):  # (a recipe's n_docs is simply unused by other tasks)
         parser.error("--n-docs sizes documents in paragraphs, which only --task hotpot_synth and a HotpotQA "
                      ".json have; this run's documents are sized by --train-length")
@@ -458,13 +468,19 @@ def load_data(cfg):
     try:
         data = tasks.HotpotQA(cfg.data) if cfg.data.endswith(".json") else tasks.load_jsonl(cfg.data)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"train.py: {e}")
+        not_hotpotqa = cfg.data.endswith(".json") and ("not valid JSON" in str(e) or "expected a JSON list" in str(e))
+        hint = (" (a .json --data is read as HotpotQA's official JSON; a JSONL file of samples needs "
+                "the .jsonl extension)" if not_hotpotqa else "")
+        raise SystemExit(f"train.py: {e}{hint}")
     if getattr(data, "skipped", None):
         print0(f"{cfg.data}: set aside {len(data.skipped)} question(s) whose answer is empty once normalized "
                f"(every reply would match it), the first: question {data.skipped[0]}")
     if len(data) <= cfg.eval_n:
         raise SystemExit(f"train.py: {cfg.data} has {len(data)} samples and the last --eval-n {cfg.eval_n} "
                          f"are held out for evaluation, which leaves none to train on; lower --eval-n")
+    if not isinstance(data, tasks.HotpotQA) and cfg.eval_n and eval_scales(cfg) != [1.0]:
+        print0(f"note: --eval-scales {cfg.eval_scales}: the samples of a JSONL file keep their own lengths, so "
+               f"they are evaluated as they are (1x) only")
     return data
 
 
@@ -538,6 +554,11 @@ def build_model(cfg):
         if tokenizer.vocab_size > model.config.vocab_size:
             raise SystemExit(f"train.py: tokenizer has {tokenizer.vocab_size} ids but the model "
                              f"in {cfg.init_from} only {model.config.vocab_size}")
+        shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+        if any(getattr(model.config, k) != MODEL_PRESETS[cfg.model][k] for k in shape):
+            print0(f"note: --init-from {cfg.init_from} holds its own model (hidden {model.config.hidden_size}, "
+                   f"{model.config.num_hidden_layers} layers), not the --model {cfg.model} preset: the "
+                   f"checkpoint's config is used")
     else:
         tok_dir = os.path.join(cfg.out_dir, "tokenizer")
         try:
@@ -1436,8 +1457,9 @@ def warn_if_no_copy(cfg, holds):
         return
     scale, (any_value, _) = next(iter(holds.items()))
     if any_value < 0.7:
-        hint = " (the warm start of some seeds never learns to copy: try another --seed)" \
-            if not cfg.init_from and cfg.sft_steps > 0 else ""
+        hint = (f" (a warm start of {cfg.sft_steps} steps may be too short to learn to copy, and on cpu-demo "
+                f"some seeds' warm starts never do: more --sft-steps, or another --seed)"
+                if not cfg.init_from and cfg.sft_steps > 0 else "")
         print0(f"warning: the starting policy's final memory holds a needle value in only "
                f"{100 * any_value:.0f}% of documents at {scale}: it does not copy facts into memory, "
                f"so RL is unlikely to learn{hint}")
@@ -1454,9 +1476,9 @@ def starting_row(cfg):
     return "warm start" if cfg.sft_steps > 0 else "random init"
 
 
-def note_if_rl_flat(cfg, table, gain=0.2):
+def note_if_rl_flat(cfg, table, steps_done=None, gain=0.2):
     """A note when RL gained under `gain` (20 points) at the first eval length over the starting
-    policy: say it is the draw, and what to try. (On cpu-demo 16 of seeds 0-19 rose +60.9 to +81.2
+    policy after steps_done RL steps (default --rl-steps): say it is the draw, and what to try. (On cpu-demo 16 of seeds 0-19 rose +60.9 to +81.2
     points within 80 steps; seeds 6 and 17, whose copy did not form, did not rise; seed 10 rose
     slowly (+35.9, +43.8 after 160 steps) and seed 18 stalled at +7.8 once its policy's entropy
     collapsed on a partial rule (session 31). Under the reservoir targets of sessions 22-26, seeds
@@ -1474,9 +1496,10 @@ def note_if_rl_flat(cfg, table, gain=0.2):
                f"know the format, so its rewards are (almost) all 0 and few groups carry a signal to learn "
                f"from; start RL from a model that does (--init-from DIR, or --sft-steps N for a warm start)")
         return
-    print0(f"{gained}. Whether DAPO finds what to keep within --rl-steps {cfg.rl_steps} depends on the draw, "
+    steps_done = cfg.rl_steps if steps_done is None else steps_done
+    print0(f"{gained}. Whether DAPO finds what to keep within {steps_done} RL steps depends on the draw, "
            f"its warm start most (on cpu-demo 16 of seeds 0-19 rose by 61 to 81 points in 80 steps; README, "
-           f"'Across seeds'): continue it (--resume --rl-steps {2 * cfg.rl_steps}) or try another --seed "
+           f"'Across seeds'): continue it (--resume --rl-steps {2 * steps_done}) or try another --seed "
            f"(without --init-from: a new warm start)")
 
 
@@ -1497,6 +1520,7 @@ def plot(history, path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print0(f"(no {path}: the plot needs matplotlib, an optional dependency: pip install matplotlib)")
         return
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     steps = [h["step"] for h in history]
@@ -1513,8 +1537,20 @@ def plot(history, path):
 # -----------------------------------------------------------------------------
 
 
+def refuse_to_overwrite(cfg):
+    """A new run (no --resume) in an --out-dir that holds another run's checkpoints stops here:
+    training never overwrites a checkpoint unasked (a forgotten --resume would lose the run)."""
+    earlier = [name + "/" for name in ("warmstart", "ckpt", "rl", "baseline")
+               if os.path.isdir(os.path.join(cfg.out_dir, name))]
+    if earlier and not cfg.resume:
+        raise SystemExit(f"train.py: --out-dir {cfg.out_dir} already holds a run ({', '.join(earlier)}), which a "
+                         f"new run would overwrite: " + ("" if cfg.baseline else "pass --resume to continue it, or ") +
+                         "choose another --out-dir (or delete that folder to start over)")
+
+
 def main(argv=None):
     cfg = parse_args(argv)
+    refuse_to_overwrite(cfg)
     setup_distributed(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     t_start = time.time()
@@ -1630,7 +1666,7 @@ def main(argv=None):
         table["RL"], _ = evaluate(cfg, model, tokenizer, data, "RL")
     if table:
         print_table(table)
-        note_if_rl_flat(cfg, table)
+        note_if_rl_flat(cfg, table, steps_done=step)
     if RANK == 0:
         write_table(table, table_path)
         print0(f"saved {table_path}; total time {time.time() - t_start:.0f}s")

@@ -832,6 +832,10 @@ def load_jsonl(path) -> list[dict]:
             raise ValueError(f"{path}, line {lineno}: missing {', '.join(missing)}")
         if not isinstance(sample["question"], str) or not isinstance(sample["context"], str):
             raise ValueError(f"{path}, line {lineno}: question and context must be strings")
+        for key in ("question", "context"):
+            if not sample[key].strip():
+                raise ValueError(f"{path}, line {lineno}: the {key} is empty: " +
+                                 ("nothing to ask" if key == "question" else "there is nothing to read"))
         answers = sample["answers"]
         if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() for a in answers)):
             raise ValueError(f"{path}, line {lineno}: answers must be a non-empty list of non-empty strings "

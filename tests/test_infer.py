@@ -205,7 +205,7 @@ def test_baseline_positions_let_full_attention_read_past_its_window(ckpt, baseli
     (lambda d: ["--task", "vt", "--eval", "--file", str(d / "ok.txt"), "--question", "q"], "run --file without --eval"),
     (lambda d: ["--task", "vt", "--eval", "--length", "2k"], "--eval reads --lengths"),
     (lambda d: ["--task", "vt", "--eval", "--n", "0"], "--n and --batch must be >= 1"),
-    (lambda d: ["--task", "vt", "--n", "4", "--lengths", "1k"], "--lengths, --n go with --eval"),
+    (lambda d: ["--task", "vt", "--n", "4", "--lengths", "1k"], "--lengths, --n: only with --eval"),
     (lambda d: ["--task", "vt", "--eval", "--batch", "0"], "--n and --batch must be >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "0"], "--chunk-tokens must be an integer >= 1"),
     (lambda d: ["--file", str(d / "ok.txt"), "--question", "q", "--chunk-tokens", "-5"], "--chunk-tokens must be an integer >= 1"),
@@ -279,6 +279,17 @@ def test_a_training_runs_folder_names_its_checkpoints(ckpt, tmp_path, capsys):
     shutil.copytree(ckpt, run_dir / "rl")
     code, _, err = run(["--ckpt", str(run_dir), "--task", "vt"], capsys)
     assert code == 2 and f"it is a training run's folder: pass one of its checkpoints, {run_dir / 'rl'}" in err
+    shutil.copytree(ckpt, run_dir / "ckpt" / "model")  # the resume folder: its weights are in model/
+    code, _, err = run(["--ckpt", str(run_dir / "ckpt"), "--task", "vt"], capsys)
+    assert code == 2 and f"pass one of its checkpoints, {run_dir / 'ckpt' / 'model'}" in err
+
+
+def test_a_malformed_config_json_is_named(ckpt, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    (broken / "config.json").write_text("{hidden_size: 128}")
+    code, _, err = run(["--ckpt", str(broken), "--task", "vt"], capsys)
+    assert code == 2 and f"{broken / 'config.json'} is not valid JSON" in err and "Traceback" not in err
 
 
 def test_a_checkpoint_without_its_training_geometry_says_what_it_assumes(ckpt, tmp_path, capsys):

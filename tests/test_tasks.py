@@ -283,6 +283,10 @@ def test_jsonl_round_trip_and_errors(tok, tmp_path):
     bad.write_text(json.dumps({"question": "q", "context": 5, "answers": ["1"]}) + "\n")
     with pytest.raises(ValueError, match="line 1: question and context must be strings"):
         load_jsonl(bad)
+    for key, message in (("question", "the question is empty"), ("context", "the context is empty")):
+        bad.write_text(json.dumps(samples[0]) + "\n" + json.dumps(dict(samples[0], **{key: " \n"})) + "\n")
+        with pytest.raises(ValueError, match=f"line 2: {message}"):
+            load_jsonl(bad)
     bad.write_text(json.dumps({"question": "q", "context": "c", "answers": ["1"], "task": "nope"}) + "\n")
     with pytest.raises(ValueError, match="line 1: unknown task 'nope'"):
         load_jsonl(bad)

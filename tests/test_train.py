@@ -156,6 +156,10 @@ def test_recipes_and_overrides():
     (["--adam-beta2", "1"], "--adam-beta2 must be in [0, 1)"),
     (["--entropy-coef", "nan"], "--entropy-coef must be finite"),
     (["--out-dir", os.path.join(ROOT, "README.md")], "is a file, not a folder"),
+    (["--out-dir", os.path.join(ROOT, "README.md", "run", "a")], "README.md is a file, so no folder can be made below"),
+    (["--clip-high", "nan"], "need 0 <= --clip-low < 1 and --clip-high >= 0"),
+    (["--dual-clip", "nan"], "--dual-clip must be > 1"),
+    (["--init-from", ROOT, "--vocab-size", "1024"], "--init-from DIR brings its own tokenizer"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -168,6 +172,45 @@ def test_a_vocab_size_sentencepiece_cannot_train_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         run_main(["--recipe", "smoke", "--vocab-size", "100", "--out-dir", str(tmp_path)])
     assert "--vocab-size 100" in str(e.value) and "too small" in str(e.value)
+
+
+def test_a_new_run_never_overwrites_another_runs_checkpoints(smoke_run, tmp_path, capsys):
+    """Without --resume, an --out-dir that holds a run is refused before anything is written: its
+    checkpoint and metrics are byte for byte what they were."""
+    out = str(tmp_path / "again")
+    shutil.copytree(smoke_run[0], out)
+    before = {p: open(os.path.join(out, p), "rb").read() for p in ("ckpt/trainer.pt", "metrics.jsonl")}
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--out-dir", out, "--rl-steps", "1"])
+    assert str(e.value).startswith(f"train.py: --out-dir {out} already holds a run (warmstart/, ckpt/, rl/)")
+    assert "pass --resume to continue it" in str(e.value)
+    assert {p: open(os.path.join(out, p), "rb").read() for p in before} == before
+    with pytest.raises(SystemExit) as e:  # the baseline cannot --resume: the message does not offer it
+        run_main(["--recipe", "smoke", "--baseline", "--out-dir", out])
+    assert "already holds a run" in str(e.value) and "--resume" not in str(e.value)
+
+
+def test_notes_for_flags_a_run_cannot_use(smoke_run, tmp_path, capsys):
+    """--model with --init-from of another shape, and --eval-scales with a JSONL file, are said
+    to be unused (a note), not silently dropped."""
+    out = fresh_out(os.path.dirname(smoke_run[0]), "notes")
+    data = tmp_path / "data.jsonl"
+    tasks.save_jsonl(tasks.make_samples("niah_single_noise", 200, n=4, seed=0,
+                                        tokenizer=train.load_tokenizer(os.path.join(smoke_run[0], "rl"))), data)
+    run_main(["--recipe", "smoke", "--out-dir", out, "--init-from", os.path.join(smoke_run[0], "rl"),
+              "--model", "small", "--data", str(data), "--eval-n", "1", "--eval-scales", "1,4", "--rl-steps", "0"])
+    printed = capsys.readouterr().out
+    assert "holds its own model (hidden 128, 4 layers), not the --model small preset" in printed
+    assert "note: --eval-scales 1,4: the samples of a JSONL file keep their own lengths" in printed
+
+
+def test_a_jsonl_file_named_json_gets_a_hint(tmp_path):
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps({"question": "q", "context": "c", "answers": ["1"]}) + "\n" * 2 +
+                    json.dumps({"question": "q", "context": "c", "answers": ["2"]}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--data", str(path), "--out-dir", str(tmp_path / "out")])
+    assert "not valid JSON" in str(e.value) and "needs the .jsonl extension" in str(e.value)
 
 
 def test_window_too_small_is_a_clear_error(tok_dir):
@@ -452,6 +495,8 @@ def test_a_flat_rl_run_ends_with_a_note(capsys):
     train.note_if_rl_flat(cfg, {"warm start": {"1x": 0.172, "4x": 0.19}, "RL": {"1x": 0.156, "4x": 0.19}})
     out = capsys.readouterr().out
     assert "note: RL gained -1.6 points at 1x" in out and "--resume --rl-steps 160" in out
+    train.note_if_rl_flat(cfg, {"warm start": {"1x": 0.2}, "RL": {"1x": 0.2}}, steps_done=120)  # resumed past 80
+    assert "within 120 RL steps" in (out := capsys.readouterr().out) and "--resume --rl-steps 240" in out
     random_start = train.parse_args(["--sft-steps", "0"])  # RL from the random initialization
     train.note_if_rl_flat(random_start, {"random init": {"1x": 0.0}, "RL": {"1x": 0.0}})
     out = capsys.readouterr().out
@@ -1141,12 +1186,13 @@ def test_warmup_is_counted_in_rl_steps():
 
 def test_kl_reference_is_the_policy_rl_starts_from(tok_dir):
     """From random weights (no warm start, no --init-from) the reference is the random model itself,
-    even with another run's warm start lying in the out dir: before the first update the KL is 0."""
+    even with another run's warm start lying in the out dir (--resume lets a run start there when
+    it has no checkpoint yet): before the first update the KL is 0."""
     out = fresh_out(tok_dir, "kl-ref")
     stale = Qwen2(config_from_preset("tiny", vocab_size=2048))  # another run's warm start: not the reference
     save_checkpoint(stale, os.path.join(out, "warmstart"))
     run_main(["--recipe", "smoke", "--out-dir", out, "--sft-steps", "0", "--kl-coef", "0.001",
-              "--eval-n", "0", "--rl-steps", "1"])
+              "--eval-n", "0", "--rl-steps", "1", "--resume"])
     (row,) = read_metrics(out)
     assert row["trained_tokens"] > 0 and row["kl_ref"] == pytest.approx(0.0, abs=1e-6)
 
