@@ -49,6 +49,13 @@ class CharTokenizer:
 
 
 TOK = CharTokenizer()
+
+
+def tiny_model(hidden=64, layers=2, positions=512, vocab_size=TOK.vocab_size):
+    """A randomly initialized Qwen2 small enough for the CPU (heads of 16 dims, 2 query heads per KV head)."""
+    return Qwen2(ModelConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=hidden // 16, num_key_value_heads=hidden // 32,
+                             intermediate_size=2 * hidden, max_position_embeddings=positions)).eval()
 NEEDLE = re.compile(r"The code of (\w+) is (\d+)\.")
 MEMORY_CAP = 3  # the scripted policy keeps only the 3 most recent facts
 
@@ -278,9 +285,7 @@ def test_window_check_names_the_final_turn_when_the_answer_budget_overflows():
 def test_window_check_is_capped_at_the_model_positions_before_any_turn_runs():
     """A caller's max_positions larger than the model's positions must not skip the check: the
     error comes at the start, not from generate at the turn whose prompt first overflows."""
-    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=32, num_hidden_layers=1,
-                              num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
-                              max_position_embeddings=256)).eval()
+    model = tiny_model(hidden=32, layers=1, positions=256)
     cfg = AgentConfig(chunk_tokens=150, memory_tokens=40, answer_tokens=6)
     turns = []
     with pytest.raises(ValueError, match="window too small: a memory turn .*> the model's 256 positions"):
@@ -311,9 +316,7 @@ def test_bad_run_arguments_are_named_before_any_turn_runs():
 
 def test_seed_none_samples_fresh_and_a_seed_repeats():
     torch.manual_seed(0)
-    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=32, num_hidden_layers=1,
-                              num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
-                              max_position_embeddings=512)).eval()
+    model = tiny_model(hidden=32, layers=1)
     cfg = AgentConfig(chunk_tokens=60, memory_tokens=12, answer_tokens=6, temperature=1.0)
     samples = samples_of_lengths([2])
     def replies(seed):
@@ -364,9 +367,7 @@ def test_chunking_is_exact():
 
 def test_real_tiny_model_logprobs_match_a_fresh_forward():
     torch.manual_seed(0)
-    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                              max_position_embeddings=512)).eval()
+    model = tiny_model()
     cfg = AgentConfig(chunk_tokens=60, memory_tokens=10, answer_tokens=6, temperature=1.0)
     samples = samples_of_lengths([3, 1])
     rollouts = run_agent(model, TOK, samples, cfg, group_size=2, seed=0)
@@ -391,9 +392,7 @@ def test_max_rows_slices_a_turn_without_changing_a_greedy_run(monkeypatch):
     depend on nothing but each row's prompt) gives the same records as one call per turn."""
     import rollout
     torch.manual_seed(0)
-    model = Qwen2(ModelConfig(vocab_size=TOK.vocab_size, hidden_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                              max_position_embeddings=512)).eval()
+    model = tiny_model()
     samples = samples_of_lengths([3, 1, 2])  # 3 samples x group 2 = 6 rows at turn 0
     calls = []
     real_generate = rollout.generate
@@ -424,9 +423,7 @@ def test_real_tokenizer_and_task_each_sample_reads_exactly_its_document(tmp_path
     tok = get_tokenizer(str(tmp_path / "tok"))
     samples = [make_sample("niah_multikey", n, seed, tok) for seed, n in ((0, 900), (1, 300))]
     torch.manual_seed(0)
-    model = Qwen2(ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                              max_position_embeddings=1024)).eval()
+    model = tiny_model(positions=1024, vocab_size=tok.vocab_size)
     cfg = AgentConfig(chunk_tokens=256, memory_tokens=16, answer_tokens=8, compact_prompts=True)
     rollouts = run_agent(model, tok, samples, cfg, group_size=2, seed=1)
     for r in rollouts:
