@@ -1478,10 +1478,10 @@ def starting_row(cfg):
 
 def note_if_rl_flat(cfg, table, steps_done=None, gain=0.2):
     """A note when RL gained under `gain` (20 points) at the first eval length over the starting
-    policy after steps_done RL steps (default --rl-steps): say it is the draw, and what to try. (On cpu-demo 16 of seeds 0-19 rose +60.9 to +81.2
-    points within 80 steps; seeds 6 and 17, whose copy did not form, did not rise; seed 10 rose
-    slowly (+35.9, +43.8 after 160 steps) and seed 18 stalled at +7.8 once its policy's entropy
-    collapsed on a partial rule (session 31). Under the reservoir targets of sessions 22-26, seeds
+    policy after steps_done RL steps (default --rl-steps): say it is the draw, and what to try.
+    (On cpu-demo 16 of seeds 0-19 rose +60.9 to +81.2 points within 80 steps; seeds 6 and 17,
+    whose copy did not form, did not rise; seed 10 rose slowly (+35.9, +43.8 after 160 steps) and
+    seed 18 stalled at +7.8 once its policy's entropy collapsed on a partial rule (session 31). Under the reservoir targets of sessions 22-26, seeds
     5 and 8 did not rise either, and neither a DAPO flag nor another RL draw from their warm starts
     changed that: README, "Across seeds", and EXPERIMENTS.md, sessions 24-26.)"""
     # (an eval.json written before session 32 names every starting row "warm start")
