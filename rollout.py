@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from memagent.prompts import direct_prompt, final_prompt, initial_memory, memory_prompt
-from memagent.reward import REWARD_KIND, compute_reward
+from memagent.reward import check_task, compute_reward
 from memagent.tokenizer import chat_prompt
 
 # -----------------------------------------------------------------------------
@@ -467,8 +467,8 @@ def run_agent(model, tokenizer, samples, cfg, group_size=1, seed=0, policy=None,
     if not isinstance(group_size, Integral) or group_size < 1:
         raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
     for s in samples:  # an unknown task would otherwise fail at the final turn, after the whole batch ran
-        if s.get("answers") and s.get("task") not in REWARD_KIND:
-            raise ValueError(f"unknown task {s.get('task')!r}; known tasks: {', '.join(sorted(REWARD_KIND))}")
+        if s.get("answers"):
+            check_task(s.get("task"))
     if policy is None:
         generator = torch.Generator(device=model.lm_head.weight.device)
         if seed is None:

@@ -153,6 +153,12 @@ def string_match_part(prediction: str, references: list[str]) -> float:
     return float(any(ref.lower() in pred for ref in references))
 
 
+def check_task(task: str) -> None:
+    """Raise a clear error for a task this module has no reward for."""
+    if task not in REWARD_KIND:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(REWARD_KIND))}")
+
+
 def compute_reward(task: str, response: str, answers: list[str]) -> float:
     """The training reward of one final reply (see REWARD_KIND for which task gets what).
 
@@ -163,8 +169,7 @@ def compute_reward(task: str, response: str, answers: list[str]) -> float:
     >>> compute_reward("hotpot_synth", "Paris", ["Paris"])  # no box, no reward
     0.0
     """
-    if task not in REWARD_KIND:
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(REWARD_KIND))}")
+    check_task(task)
     if not answers:
         raise ValueError(f"task {task!r}: a sample needs at least one reference answer")
     boxed = extract_boxed(response)
