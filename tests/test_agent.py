@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 
+from memagent.prompts import initial_memory
 from memagent.reward import extract_boxed
 from model import ModelConfig, Qwen2
 import rollout
@@ -163,7 +164,13 @@ def test_mixed_lengths_batch_each_sample_gets_its_own_chunks():
     log = []
     counts = [2, 7, 1, 4]
     samples = samples_of_lengths(counts)
-    rollouts = run_agent(None, TOK, samples, CFG, group_size=3, policy=scripted_policy(log), max_positions=512)
+    policy, calls = scripted_policy(log), []
+
+    def counting_policy(prompts, budgets, stop_ids, cfg):
+        calls.append(len(prompts))
+        return policy(prompts, budgets, stop_ids, cfg)
+
+    rollouts = run_agent(None, TOK, samples, CFG, group_size=3, policy=counting_policy, max_positions=512)
     assert len(rollouts) == 12 and [r.sample for r in rollouts] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     for r in rollouts:
         s = samples[r.sample]
@@ -174,8 +181,11 @@ def test_mixed_lengths_batch_each_sample_gets_its_own_chunks():
             assert conv.rollout == rollouts.index(r) and conv.sample == r.sample
             budget = CFG.answer_tokens if conv.is_final else CFG.memory_tokens
             assert len(conv.prompt_ids) + budget <= 512
-    # one policy call per turn for the whole batch: 7 chunks + 1 final turn of the longest sample
+    # one policy call per turn for the whole batch: 7 chunks + 1 final turn of the longest sample;
+    # a turn's call holds the 3 rollouts of every sample still reading (or answering) then
     assert len(log) == sum((c + 1) * 3 for c in counts)
+    assert len(calls) == max(counts) + 1 == 8
+    assert calls == [3 * sum(c + 1 > turn for c in counts) for turn in range(8)]
 
 
 def test_max_chunks_center_truncates_training_documents():
@@ -264,7 +274,7 @@ def test_truncated_memory_is_cut_at_budget_and_marked():
     for conv, memory in zip(r.conversations, r.memories):
         full = oracle_memories(samples[0]["context"], 60)[conv.turn]
         assert conv.truncated == (len(full) >= 8)
-        assert memory == full[:8] if conv.truncated else full
+        assert memory == (full[:8] if conv.truncated else full)
         assert len(conv.response_ids) <= 8
 
 
@@ -373,6 +383,7 @@ def test_real_tiny_model_logprobs_match_a_fresh_forward():
     rollouts = run_agent(model, TOK, samples, cfg, group_size=2, seed=0)
     assert [len(r.conversations) for r in rollouts] == [4, 4, 2, 2]
     assert rollouts[0].memories != rollouts[1].memories  # group members sample independently
+    chunks = [chunk_ids(TOK.encode(s["context"]), cfg.chunk_tokens) for s in samples]
     for r in rollouts:
         for conv in r.conversations:
             full = torch.tensor([conv.prompt_ids + conv.response_ids])
@@ -381,10 +392,17 @@ def test_real_tiny_model_logprobs_match_a_fresh_forward():
             n = len(conv.prompt_ids)
             expected = [logp[n - 1 + i, t].item() for i, t in enumerate(conv.response_ids)]
             assert conv.logprobs == pytest.approx(expected, abs=1e-4)
-            if conv.turn > 0:  # the memory in this prompt is exactly the previous reply's ids
-                prev = r.conversations[conv.turn - 1]
-                reply = prev.response_ids[:-1] if not prev.truncated else prev.response_ids
-                assert TOK.decode(conv.prompt_ids).count(TOK.decode(reply)) >= 1
+            # the memory in this prompt is exactly the previous reply's ids (its stop id dropped), in
+            # the memory slot of a prompt that holds nothing else of the past
+            first = TOK.encode(initial_memory(cfg.compact_prompts))
+            prev = r.conversations[conv.turn - 1].response_ids if conv.turn else first
+            memory = [t for t in prev if t not in TOK.control_ids]
+            problem = TOK.encode(samples[r.sample]["question"])
+            if conv.is_final:
+                assert conv.prompt_ids == rollout.final_turn_ids(TOK, problem, memory, cfg.compact_prompts)
+            else:
+                chunk = chunks[r.sample][conv.turn]
+                assert conv.prompt_ids == rollout.memory_turn_ids(TOK, problem, memory, chunk, cfg.compact_prompts)
 
 
 def test_max_rows_slices_a_turn_without_changing_a_greedy_run(monkeypatch):

@@ -3,6 +3,7 @@ oracle. The test builds a small byte-level BPE (Qwen2's kind) with the ChatML sp
 template that, like Qwen2.5's, adds a default system turn when the conversation has none."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_missing_pieces_are_clear_errors(tmp_path):
         HFTokenizer(str(tmp_path))
 
 
-def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys):
+def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys, monkeypatch):
     """A HF Qwen2 folder (weights from save_pretrained + tokenizer files): infer.py --init-from
     uses its tokenizer.json, Qwen's system turn and the full prompts."""
     import shutil
@@ -133,23 +134,29 @@ def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys):
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     torch.manual_seed(0)
     transformers.Qwen2ForCausalLM(cfg).save_pretrained(ckpt, safe_serialization=True)
+    seen = []  # (tokenizer, agent config, rollouts) of every run_agent call infer makes
+
+    def recording_run_agent(model, tokenizer, samples, agent_cfg, **kwargs):
+        rollouts = run_agent(model, tokenizer, samples, agent_cfg, **kwargs)
+        seen.append((tokenizer, agent_cfg, rollouts))
+        return rollouts
+
+    from rollout import run_agent
+    monkeypatch.setattr(infer, "run_agent", recording_run_agent)
     infer.main(["--init-from", ckpt, "--task", "niah_single_noise", "--length", "300", "--chunk-tokens", "100",
                 "--memory-tokens", "12", "--answer-tokens", "8", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert result["chunks"] == len(result["memories"]) >= 2  # ~300 tokens in chunks of 100
-    # the prompts really were the full ones, under Qwen's system turn
-    from memagent.tasks import make_sample
-    from rollout import AgentConfig, run_agent
-    from model import load_hf
-    tok = HFTokenizer(ckpt)
-    sample = make_sample("niah_single_noise", 300, 1, tok)
-    agent = AgentConfig(chunk_tokens=100, memory_tokens=12, answer_tokens=8, compact_prompts=False, temperature=0)
-    (r,) = run_agent(load_hf(ckpt).eval(), tok, [sample], agent)
+    # what infer really ran: the checkpoint's own tokenizer, the full prompts under Qwen's system turn
+    (tok, agent, (r,)), = seen
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == vocab
+    assert agent.compact_prompts is False and agent.chunk_tokens == 100 and agent.memory_tokens == 12
     first = tok.decode(r.conversations[0].prompt_ids)
     assert first.startswith("<|im_start|>system\n" + SYSTEM) and "<problem>" in first
+    assert r.memories == result["memories"]
 
 
-def test_two_rl_steps_from_a_tiny_hf_checkpoint(hf_dir, tmp_path):
+def test_two_rl_steps_from_a_tiny_hf_checkpoint(hf_dir, tmp_path, capsys):
     import shutil
 
     import torch
@@ -171,4 +178,8 @@ def test_two_rl_steps_from_a_tiny_hf_checkpoint(hf_dir, tmp_path):
     assert (out / "rl" / "model.safetensors").exists()
     # the trained checkpoint carries its tokenizer.json: infer.py reads it back like the original
     import infer
+    capsys.readouterr()
     infer.main(["--ckpt", str(out / "rl"), "--task", "niah_single_noise", "--length", "300", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert (out / "rl" / "tokenizer.json").read_bytes() == (Path(hf_dir) / "tokenizer.json").read_bytes()
+    assert result["chunks"] == len(result["memories"]) >= 1

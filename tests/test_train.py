@@ -666,8 +666,13 @@ def test_memory_note_tokenizes_like_the_needle_text(tok_dir):
     needle = {"key": "icy-zebra", "value": "7368886"}
     note = tok.encode(train.memory_note(needle))
     text = tok.encode("It rained. " + tasks.NEEDLE.format(**needle))
-    key_value = note[:3] + note[-8:-1]  # " icy" "-" "zebra" ... the seven digits
-    assert all(t in text for t in key_value)
+    key, value = note[:3], note[-8:-1]  # " icy" "-" "zebra" ... the seven digits
+
+    def occurs_in(part, ids):
+        return any(ids[i:i + len(part)] == part for i in range(len(ids)))
+
+    assert occurs_in(key, text) and occurs_in(value, text)
+    assert tok.decode(key) == " icy-zebra" and tok.decode(value) == "7368886"
     assert len(note) < len(tok.encode(" " + tasks.NEEDLE.format(**needle)))
 
 
@@ -1178,7 +1183,8 @@ def test_grad_clip_zero_is_no_clipping(tok_dir, smoke_run):
 
 
 def test_warmup_is_counted_in_rl_steps():
-    assert doctest.testmod(train).failed == 0  # warmup_lr's worked example
+    result = doctest.testmod(train)  # warmup_lr's worked example, among others
+    assert result.failed == 0 and result.attempted > 0
     cfg = train.parse_args(["--recipe", "paper"])  # verl: 20 warm-up RL steps, 16 updates each
     assert train.warmup_lr(cfg, 0, 0) == pytest.approx(1e-6 / 320)
     assert train.warmup_lr(cfg, 18, 15) < 1e-6 == train.warmup_lr(cfg, 19, 15) == train.warmup_lr(cfg, 400, 0)
