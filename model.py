@@ -70,7 +70,7 @@ PRESETS = {
     # ~1M parameters with a 2K vocabulary: unit tests and the fastest CPU runs
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=384, max_position_embeddings=2048, rope_theta=10000.0),
-    # ~13M parameters: the CPU demo
+    # ~13M parameters: a larger CPU model (the cpu-demo recipe trains `tiny`)
     "small": dict(hidden_size=384, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
                   intermediate_size=1024, max_position_embeddings=2048, rope_theta=10000.0),
     "qwen-ish-0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,

@@ -281,7 +281,7 @@ class AgentConfig:
     memory_tokens: int = 64  # budget of a memory reply (a longer one is cut there: "truncated")
     answer_tokens: int = 32  # budget of the final reply
     compact_prompts: bool = True  # memagent.prompts' compact variant (tiny/small models)
-    temperature: float = 1.0  # 1.0 for training; 0 (greedy) for evaluation
+    temperature: float = 1.0  # sampling temperature (train.py: 0.7 on cpu-demo, 1.0 in the paper recipes); 0 = greedy
     top_p: float = 1.0
     top_k: int = 0
     max_rows: int = 0  # most rows per generate call (bounds the KV cache and prefill); 0 = all
