@@ -2,7 +2,8 @@
 
 A sample is a dict {question, context, answers, task, length, n_tokens, seed, ...metadata}.
 `length` is the requested context length in tokens, `n_tokens` what the context really measures
-(always within 2% of `length`). Every generator is a plain function (length, seed, tokenizer)
+(always within 2% of `length` for the generated tasks; a real HotpotQA file's paragraphs come
+whole, see HotpotQA.sample). Every generator is a plain function (length, seed, tokenizer)
 and they all sit in the TASKS dict:
 
     niah_single_noise   one needle "One of the special magic numbers for KEY is: VALUE." in a
@@ -26,9 +27,12 @@ count each whitespace-led unit (" apple.") once, cache it, and add. One real enc
 finished context checks the count; if it is off by more than 1%, the budget is corrected and
 the same (seeded) text is rebuilt. A 1M-token context takes a few seconds.
 
-Command line (--seed S makes samples from seeds S * 1,000,000 + i; train.py --seed 0 trains on
-S = 0 and evaluates on S = 1, so S >= 2 is unseen by it):
-    python -m memagent.tasks --task niah_multikey --length 32k --n 128 --seed 2 --out data.jsonl
+Command line (--seed S makes samples from seeds S * 1,000,000 + i; train.py --seed T makes its
+training samples from seeds T * 10,000,000 + i, i < 1,000,000, which is S = 10T here, its held-out
+evaluation from S = 10T + 1 and its copy gate's from S = 10T + 2, so an S whose last digit is 3-9
+is unseen by any train.py run. For --task hotpotqa, --seed only draws the distractors: the
+questions are the file's first --n, and train.py holds out the file's LAST --eval-n):
+    python -m memagent.tasks --task niah_multikey --length 32k --n 128 --seed 3 --out data.jsonl
 """
 import argparse
 import itertools
@@ -948,7 +952,9 @@ class HotpotQA:
     def sample(self, qi, n_docs=None, length=None, tokenizer=None, seed=0) -> dict:
         """Question qi with n_docs documents in all (RULER: 50 ~ 7K tokens, 200 ~ 28K), or about
         length tokens (needs tokenizer; whole documents are added while that brings the count
-        closer), or neither: just the question's own paragraphs (HotpotQA's distractor setting, ~10).
+        closer, so the context is within half a paragraph of length, not the generated tasks' 2%;
+        a length shorter than the question's own paragraphs is an error), or neither: just the
+        question's own paragraphs (HotpotQA's distractor setting, ~10).
         """
         if n_docs is not None and length is not None:
             raise ValueError("HotpotQA.sample: give n_docs or length, not both")
@@ -976,6 +982,10 @@ class HotpotQA:
             def doc_tokens(i, number):  # numbers 1..N are all used whatever the shuffle, so the sum is exact
                 return count(f"\n\nDocument {number}:\n{paragraphs[i][0]}\n{paragraphs[i][1]}")
             total = sum(doc_tokens(i, k + 1) for k, i in enumerate(own))
+            if total > length * (1 + LENGTH_TOLERANCE):  # the question's own paragraphs are all kept
+                raise ValueError(f"length={length} tokens is shorter than question {qi}'s own {len(own)} "
+                                 f"paragraphs (~{total} tokens), which every sample keeps; ask for a longer "
+                                 f"length or give a document count (n_docs) instead")
             for i in others:
                 n_doc = doc_tokens(i, len(chosen) + 1)
                 if total + n_doc > length and (total + n_doc - length) >= (length - total):
@@ -1043,9 +1053,10 @@ def main(argv=None) -> int:
     parser.add_argument("--docs", type=int, help="hotpot_synth / hotpotqa: number of documents")
     parser.add_argument("--n", type=int, default=1, help="number of samples")
     parser.add_argument("--seed", type=int, default=0,
-                        help="sample i uses generator seed SEED * 1,000,000 + i. train.py --seed 0 trains on "
-                             "seeds below 1,000,000 (--seed 0 here) and evaluates from 1,000,000 on (--seed 1 "
-                             "here); pick --seed 2 or more for documents it has never seen")
+                        help="sample i uses generator seed SEED * 1,000,000 + i. train.py --seed T trains on "
+                             "--seed 10T here, evaluates on 10T + 1 and gates its copy curriculum on 10T + 2: "
+                             "a SEED ending in 3-9 is unseen by any train.py run (hotpotqa: SEED draws only the "
+                             "distractors of the file's first --n questions)")
     parser.add_argument("--out", required=True, help="output .jsonl file")
     parser.add_argument("--hotpotqa", help="hotpotqa: path of the official HotpotQA JSON file")
     parser.add_argument("--tokenizer", help="a sentencepiece .model file (default: train or "

@@ -408,6 +408,11 @@ def test_load_hotpotqa_errors(tok, tmp_path):
         load_hotpotqa(str(path), n_docs=100)
     with pytest.raises(ValueError, match=r"length=100000 but .* only has paragraphs for ~\d+ tokens"):
         load_hotpotqa(str(path), length=100_000, tokenizer=tok)  # 9 paragraphs cannot make 100K tokens
+    own = sum(len(tok.encode(f"\n\nDocument {k}:\n{t}\n{''.join(x)}"))  # question 0's 3 paragraphs, by hand
+              for k, (t, x) in enumerate(json.loads(path.read_text())[0]["context"], 1))
+    with pytest.raises(ValueError, match=rf"length=20 tokens is shorter than question 0's own 3 paragraphs \(~{own} "):
+        load_hotpotqa(str(path), length=20, tokenizer=tok)  # kept whole, they would be ~2x the length
+    assert load_hotpotqa(str(path), length=own, tokenizer=tok, n=1)[0]["n_docs"] >= 3
     with pytest.raises(FileNotFoundError):
         load_hotpotqa(str(tmp_path / "nope.json"), n_docs=5)
     path.write_text(json.dumps([{"question": "q", "context": []}]))
