@@ -176,8 +176,9 @@ RECIPES = {
                   notes="keyed", sft_steps=4, sft_batch=2, rl_steps=2, batch_size=2, group_size=2, mini_batches=1,
                   dynamic_sampling=False, eval_scales="1,2", eval_n=2, save_every=1, baseline_steps=4,
                   temperature=1.0),
-    # the paper's geometry and DAPO: window 8K = 1024 problem + 5000 chunk + 1024 memory + 1024 output
-    "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=200, train_length=28000,
+    # the paper's geometry and DAPO: window 8K = 1024 problem + 5000 chunk + 1024 memory + 1024 output;
+    # 28K-token documents (the paper's 200 HotpotQA paragraphs; ~265 of our shorter synthetic ones)
+    "paper": dict(model="qwen-ish-0.5b", task="hotpot_synth", n_docs=0, train_length=28000,
                   chunk_tokens=5000, memory_tokens=1024, answer_tokens=1024, window=8192, max_chunks=8,
                   group_size=16, batch_size=128, mini_batches=16, micro_batch=4, lr=1e-6,
                   warmup_steps=20, weight_decay=0.01, adam_beta2=0.999, clip_high=0.28, dynamic_sampling=True,
@@ -193,8 +194,8 @@ HELP = {
     "recipe": "named preset of every setting below: " + ", ".join(RECIPES),
     "init_from": "start from a HF Qwen2 checkpoint directory (weights via model.load_hf)",
     "data": "train/eval on this JSONL of {question, context, answers}, or on an official HotpotQA .json "
-            "(RULER-HotpotQA: each question's paragraphs + distractors, --n-docs a question, the paper's "
-            "200, or ~--train-length tokens; eval at --eval-scales x that); the last --eval-n are held out",
+            "(RULER-HotpotQA: each question's paragraphs + distractors, --n-docs a question (RULER's 200 "
+            "~ 28K tokens), or ~--train-length tokens; eval at --eval-scales x that); the last --eval-n are held out",
     "clip_high": "DAPO clip-higher eps_high (binds only with --mini-batches 2+)", "clip_low": "eps_low",
     "loss_agg": "one of " + ", ".join(dapo.AGG_MODES),
     "mini_batches": "optimizer steps per rollout batch (with 1 the update is on-policy and the clip never binds)",
@@ -459,6 +460,7 @@ def setup_distributed(cfg):
 
 EVAL_SEED = 10**6  # held-out samples use seeds from here on, training seeds stay below
 SFT_SEED = 5 * 10**5
+GATE_SEED = 2 * 10**6  # the copy gate's documents: held out from training AND from the evaluation
 
 
 def load_data(cfg):
@@ -1000,7 +1002,9 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     """The copy gate's measure: the fraction of n held-out copy-curriculum documents (those with a
     fact to copy) after which the greedy agent's last memory reply is exactly the curriculum's
     target, token for token with its stop id: the newest notes read (warm_start_conversations with
-    keep="latest"). It checks the whole skill the curriculum teaches: find a fact in a chunk, copy
+    keep="latest"). The documents are numbered from GATE_SEED, apart from the evaluation's, so
+    that no test document (whose needles a shrunk document of the same number shares) decides how
+    long the warm start trains. It checks the whole skill the curriculum teaches: find a fact in a chunk, copy
     it, carry it through the chunks without one. (The warm-start loss says less: on the cpu-demo a
     step's loss of 0.19 went with 44% of documents copied for seed 6 and 59% for seed 9;
     EXPERIMENTS.md, session 19.)
@@ -1008,7 +1012,7 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     short = curriculum_config(cfg)
     # each rank runs its share of the n documents and the counts are summed, so that every rank
     # gets the same rate and takes the same branch of the gate (ranks that disagreed would deadlock)
-    samples = [get_sample(cfg, tokenizer, None, EVAL_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
+    samples = [get_sample(cfg, tokenizer, None, GATE_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
                for i in range(RANK, n, WORLD)]
     targets = [warm_start_conversations(s, tokenizer, short, random.Random(0), keep="latest")[-2][1]
                for s in samples]  # the last memory turn's reply: (prompt, reply) pairs, then the final turn

@@ -623,7 +623,7 @@ def test_copy_rate_scores_the_final_memory_against_the_newest_note(tok_dir):
     assert train.copy_rate(dataclasses.replace(cfg, max_chunks=3), model, tok, n=n, policy=agent(True)) == 1.0
     with_note, last_chunk_note = 0, 0
     for i in range(n):
-        sample = train.get_sample(cfg, tok, None, train.EVAL_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
+        sample = train.get_sample(cfg, tok, None, train.GATE_SEED + i, scale=cfg.short_chunk / cfg.chunk_tokens)
         notes = [newest_note(tok.decode(c)) for c in chunk_ids(tok.encode(sample["context"]), cfg.short_chunk)]
         with_note += any(notes)
         last_chunk_note += notes[-1] is not None
