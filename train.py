@@ -1550,6 +1550,16 @@ def refuse_to_overwrite(cfg):
         raise SystemExit(f"train.py: --out-dir {cfg.out_dir} already holds a run ({', '.join(earlier)}), which a "
                          f"new run would overwrite: " + ("" if cfg.baseline else "pass --resume to continue it, or ") +
                          "choose another --out-dir (or delete that folder to start over)")
+    finished = [name + "/" for name in ("ckpt", "rl") if os.path.isdir(os.path.join(cfg.out_dir, name))]
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    # (ckpt.old: a swap cut short, which main's recover_swap restores)
+    resumable = any(os.path.exists(os.path.join(d, "trainer.pt")) for d in (ckpt, ckpt + ".old"))
+    if cfg.resume and finished and not resumable:
+        # (a warm start alone, from a run stopped before its first RL checkpoint, is simply redone)
+        raise SystemExit(f"train.py: --resume: --out-dir {cfg.out_dir} holds {', '.join(finished)} but no "
+                         f"ckpt/trainer.pt to continue from, and starting over would overwrite them; start a "
+                         f"new run from its weights in another --out-dir (--init-from {cfg.out_dir}/rl or "
+                         f"{cfg.out_dir}/ckpt/model)")
 
 
 def main(argv=None):

@@ -188,6 +188,13 @@ def test_a_new_run_never_overwrites_another_runs_checkpoints(smoke_run, tmp_path
     with pytest.raises(SystemExit) as e:  # the baseline cannot --resume: the message does not offer it
         run_main(["--recipe", "smoke", "--baseline", "--out-dir", out])
     assert "already holds a run" in str(e.value) and "--resume" not in str(e.value)
+    # --resume with the optimizer state gone (ckpt/trainer.pt deleted): refused, not started over
+    os.remove(os.path.join(out, "ckpt", "trainer.pt"))
+    weights = {p: open(os.path.join(out, p, "model.safetensors"), "rb").read() for p in ("warmstart", "rl")}
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--out-dir", out, "--resume"])
+    assert "holds ckpt/, rl/ but no ckpt/trainer.pt to continue from" in str(e.value)
+    assert {p: open(os.path.join(out, p, "model.safetensors"), "rb").read() for p in weights} == weights
 
 
 def test_notes_for_flags_a_run_cannot_use(smoke_run, tmp_path, capsys):
