@@ -1002,10 +1002,10 @@ def copy_rate(cfg, model, tokenizer, n=64, policy=None):
     """The copy gate's measure: the fraction of n held-out copy-curriculum documents (those with a
     fact to copy) after which the greedy agent's last memory reply is exactly the curriculum's
     target, token for token with its stop id: the newest notes read (warm_start_conversations with
-    keep="latest"). The documents are numbered from GATE_SEED, apart from the evaluation's, so
-    that no test document (whose needles a shrunk document of the same number shares) decides how
-    long the warm start trains. It checks the whole skill the curriculum teaches: find a fact in a chunk, copy
-    it, carry it through the chunks without one. (The warm-start loss says less: on the cpu-demo a
+    keep="latest"). It checks the whole skill the curriculum teaches: find a fact in a chunk, copy
+    it, carry it through the chunks without one. The documents are numbered from GATE_SEED, apart
+    from the evaluation's, so that no test document (whose needles a shrunk document of the same
+    number shares) decides how long the warm start trains. (The warm-start loss says less: on the cpu-demo a
     step's loss of 0.19 went with 44% of documents copied for seed 6 and 59% for seed 9;
     EXPERIMENTS.md, session 19.)
     policy: a scripted stand-in for the model (rollout.run_agent's), for tests."""
@@ -1542,15 +1542,16 @@ def plot(history, path):
 
 
 def refuse_to_overwrite(cfg):
-    """A new run (no --resume) in an --out-dir that holds another run's checkpoints stops here:
-    training never overwrites a checkpoint unasked (a forgotten --resume would lose the run)."""
+    """A new run (no --resume) in an --out-dir that holds another run's checkpoints stops here,
+    and so does a --resume with nothing to continue from beside ckpt/ or rl/ (it would start over
+    on top of them): training never overwrites a checkpoint unasked."""
     earlier = [name + "/" for name in ("warmstart", "ckpt", "rl", "baseline")
                if os.path.isdir(os.path.join(cfg.out_dir, name))]
     if earlier and not cfg.resume:
         raise SystemExit(f"train.py: --out-dir {cfg.out_dir} already holds a run ({', '.join(earlier)}), which a "
                          f"new run would overwrite: " + ("" if cfg.baseline else "pass --resume to continue it, or ") +
                          "choose another --out-dir (or delete that folder to start over)")
-    finished = [name + "/" for name in ("ckpt", "rl") if os.path.isdir(os.path.join(cfg.out_dir, name))]
+    finished = [name for name in earlier if name in ("ckpt/", "rl/")]
     ckpt = os.path.join(cfg.out_dir, "ckpt")
     # (ckpt.old: a swap cut short, which main's recover_swap restores)
     resumable = any(os.path.exists(os.path.join(d, "trainer.pt")) for d in (ckpt, ckpt + ".old"))

@@ -134,6 +134,7 @@ def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys, m
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     torch.manual_seed(0)
     transformers.Qwen2ForCausalLM(cfg).save_pretrained(ckpt, safe_serialization=True)
+    from rollout import run_agent
     seen = []  # (tokenizer, agent config, rollouts) of every run_agent call infer makes
 
     def recording_run_agent(model, tokenizer, samples, agent_cfg, **kwargs):
@@ -141,7 +142,6 @@ def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys, m
         seen.append((tokenizer, agent_cfg, rollouts))
         return rollouts
 
-    from rollout import run_agent
     monkeypatch.setattr(infer, "run_agent", recording_run_agent)
     infer.main(["--init-from", ckpt, "--task", "niah_single_noise", "--length", "300", "--chunk-tokens", "100",
                 "--memory-tokens", "12", "--answer-tokens", "8", "--json"])

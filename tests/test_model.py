@@ -309,9 +309,10 @@ def test_training_and_prefill_attention_run_on_the_flash_kernel(device):
 
     Oracle: the same computations in float32 on the math kernel. The flash run must be as close to
     it as the bf16 math kernel is (twice its relative error, plus 0.01). The init std of 0.1 (not
-    0.02) makes the outputs depend on attention: measured on CPU, the relative errors of both bf16
-    kernels are 0.0002 (loss), 0.014 (gradients), 0.009 (last logits) and 0.006 (cache keys), and a
-    flash path that attended non-causally or scaled by 1/D instead of 1/sqrt(D) was off by 0.014-1.1."""
+    0.02) makes the outputs depend on attention. Measured on CPU, the relative errors of both bf16
+    kernels are 0.0001-0.0002 (loss), 0.014 (gradients), 0.009-0.010 (last logits) and 0.006
+    (cache keys); a flash path that attended non-causally or scaled by 1/D instead of 1/sqrt(D)
+    was off by 0.014-1.1."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.manual_seed(2)
     model = Qwen2(ModelConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
