@@ -18,6 +18,7 @@ Shapes: B batch, T tokens in this call, C hidden size, H query heads, Hkv key/va
 D head dim, L cache length, V vocabulary.
 """
 
+import math
 import json
 import os
 import shutil
@@ -344,13 +345,17 @@ class Qwen2(nn.Module):
 
 
 def config_from_hf(hf):
-    """ModelConfig from a HF Qwen2 config.json dict (errors name what is unsupported)."""
+    """ModelConfig from a HF Qwen2 config.json dict (errors name what is unsupported or malformed)."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"config.json holds {json.dumps(hf)[:60]}, not an object of settings")
     if hf.get("model_type", "qwen2") != "qwen2":
         raise ValueError(f"config.json has model_type {hf.get('model_type')!r}; only 'qwen2' is supported")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"config.json has hidden_act {hf.get('hidden_act')!r}; Qwen2 uses 'silu'")
     for key in ("rope_scaling", "rope_parameters"):  # (transformers >= 5 writes rope_parameters)
         rope = hf.get(key) or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"config.json has {key} {rope!r}; expected an object (or null)")
         if rope.get("rope_type", rope.get("type")) not in (None, "default"):
             raise ValueError(f"config.json asks for {key} {rope}; only plain RoPE is implemented")
     sliding = hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or [])
@@ -369,6 +374,17 @@ def config_from_hf(hf):
         elif f.name == "rope_theta" and "rope_parameters" in hf:  # newer transformers nest it
             kwargs[f.name] = hf["rope_parameters"].get("rope_theta", ModelConfig.rope_theta)
     kwargs.setdefault("num_key_value_heads", kwargs.get("num_attention_heads"))
+    for f in fields(ModelConfig):  # a hand-edited file: "64" for 64, null, a negative size
+        value = kwargs.get(f.name, f.default)
+        if f.type in (bool, "bool"):
+            ok, want = isinstance(value, bool), "true or false"
+        elif f.type in (int, "int"):
+            ok, want = isinstance(value, int) and not isinstance(value, bool) and value > 0, "an integer > 0"
+        else:  # rope_theta, rms_norm_eps, initializer_range
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+            ok, want = ok and (value > 0 or f.name == "initializer_range"), "a finite number > 0"
+        if not ok:
+            raise ValueError(f"config.json has {f.name} {value!r}; expected {want}")
     cfg = ModelConfig(**kwargs)
     if hf.get("head_dim") not in (None, cfg.head_dim):
         raise ValueError(f"config.json has head_dim {hf['head_dim']}, but hidden_size / heads is {cfg.head_dim}")
@@ -382,7 +398,13 @@ def read_safetensors_dir(directory):
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index) as f:
-            shard_names = sorted(set(json.load(f)["weight_map"].values()))
+            try:
+                weight_map = json.load(f)["weight_map"]
+                shard_names = sorted(set(weight_map.values()))
+                assert all(isinstance(n, str) for n in shard_names)
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError, AssertionError):
+                raise ValueError(f"{index} is not a safetensors index: expected JSON with a \"weight_map\" "
+                                 f"object from each key to its shard's file name") from None
     else:
         shard_names = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
     if not shard_names:
@@ -432,6 +454,9 @@ def load_hf(directory, dtype=torch.float32, device="cpu"):
         if state[key].shape != shape:
             raise ValueError(f"shape mismatch for {key}: checkpoint has {tuple(state[key].shape)}, "
                              f"config.json implies {tuple(shape)}")
+    for key, tensor in state.items():  # a run that diverged saves NaNs; they would only answer garbage
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"checkpoint {directory}: {key} holds NaN or infinite values")
     state = {k: v.to(dtype=dtype, device=device) for k, v in state.items()}
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
@@ -593,8 +618,17 @@ def load_checkpoint(name_or_path, dtype=torch.float32, device="cpu"):
     meta_path = os.path.join(directory, "meta.json")
     if os.path.exists(meta_path):
         with open(meta_path) as f:
-            meta = json.load(f)
-    tokenizers = [n for n in os.listdir(directory) if n.endswith(".model")]
+            try:
+                meta = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{meta_path} is not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
+            raise ValueError(f"{meta_path} is not a checkpoint's meta.json (an object whose \"config\" "
+                             f"is the training settings)")
+    tokenizers = sorted(n for n in os.listdir(directory) if n.endswith(".model"))
+    if len(tokenizers) > 1:
+        raise ValueError(f"{directory} holds {len(tokenizers)} tokenizer models ({', '.join(tokenizers)}); "
+                         f"a checkpoint has one: remove the others")
     meta["tokenizer_file"] = os.path.join(directory, tokenizers[0]) if tokenizers else None
     meta["directory"] = directory
     return model, meta

@@ -191,8 +191,11 @@ class HFTokenizer(ChatRendering):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no tokenizer.json in {directory}")
         self.path = directory
-        self.hf = HFFastTokenizer.from_file(path)  # chat text: "<|im_end|>" is the control id
-        self.hf_data = HFFastTokenizer.from_file(path)  # data: special-token strings stay text
+        try:
+            self.hf = HFFastTokenizer.from_file(path)  # chat text: "<|im_end|>" is the control id
+            self.hf_data = HFFastTokenizer.from_file(path)  # data: special-token strings stay text
+        except Exception as e:  # (tokenizers raises a plain Exception for a malformed file)
+            raise ValueError(f"{path} is not a HF tokenizer file: {e}") from None
         try:
             self.hf_data.encode_special_tokens = True
         except AttributeError:  # an old `tokenizers` without the switch
@@ -252,10 +255,14 @@ def default_system_prompt(directory: str) -> str | None:
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        template = json.load(f).get("chat_template") or ""
+        try:
+            config = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+    template = (config.get("chat_template") if isinstance(config, dict) else None) or ""
     if isinstance(template, list):  # several named templates: use the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), "")
-    match = _DEFAULT_SYSTEM.search(template)
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), "")
+    match = _DEFAULT_SYSTEM.search(template) if isinstance(template, str) else None
     return match.group(1) if match else None
 
 
@@ -266,6 +273,9 @@ def load_tokenizer(path: str):
         return Tokenizer(path)
     if os.path.isdir(path):
         models = sorted(n for n in os.listdir(path) if n.endswith(".model"))
+        if len(models) > 1:  # (which one the weights were trained with cannot be told)
+            raise ValueError(f"{path} holds {len(models)} tokenizer models ({', '.join(models)}); keep the "
+                             f"one the weights were trained with")
         if models:
             return Tokenizer(os.path.join(path, models[0]))
         if os.path.exists(os.path.join(path, "tokenizer.json")):

@@ -116,6 +116,21 @@ def test_missing_pieces_are_clear_errors(tmp_path):
     Tokenizer(models.BPE()).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(ValueError, match="no <\\|im_start\\|> token"):
         HFTokenizer(str(tmp_path))
+    for text in ('{"model": 1}', "[]", "{bad"):  # tokenizers' own error is a bare Exception
+        (tmp_path / "tokenizer.json").write_text(text)
+        with pytest.raises(ValueError, match="tokenizer.json is not a HF tokenizer file: "):
+            HFTokenizer(str(tmp_path))
+
+
+def test_a_malformed_tokenizer_config_is_named_and_an_odd_one_has_no_system_turn(hf_dir, tmp_path):
+    import shutil
+    odd = shutil.copytree(hf_dir, tmp_path / "odd")
+    for text in ("[]", '{"chat_template": 7}', '{"chat_template": [{"name": "tool_use"}, "x"]}'):
+        (odd / "tokenizer_config.json").write_text(text)
+        assert HFTokenizer(str(odd)).system_prompt is None
+    (odd / "tokenizer_config.json").write_text("{chat_template: 1")
+    with pytest.raises(ValueError, match="tokenizer_config.json is not valid JSON"):
+        HFTokenizer(str(odd))
 
 
 def test_infer_runs_on_a_tiny_hf_checkpoint_with_its_tokenizer(hf_dir, capsys, monkeypatch):

@@ -484,6 +484,64 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_stray_folder(tmp_pa
     assert load_checkpoint(str(tmp_path / "ckpt"))[1]["step"] == 3
 
 
+@pytest.mark.parametrize("changes,message", [
+    (dict(max_position_embeddings="128"), "max_position_embeddings '128'; expected an integer > 0"),
+    (dict(hidden_size=-64), "hidden_size -64; expected an integer > 0"),
+    (dict(num_attention_heads=0), "num_attention_heads 0; expected an integer > 0"),
+    (dict(num_key_value_heads=True), "num_key_value_heads True; expected an integer > 0"),
+    (dict(rope_theta="abc"), "rope_theta 'abc'; expected a finite number > 0"),
+    (dict(rms_norm_eps=float("inf")), "rms_norm_eps inf; expected a finite number > 0"),
+    (dict(tie_word_embeddings="yes"), "tie_word_embeddings 'yes'; expected true or false"),
+    (dict(rope_scaling="linear"), "rope_scaling 'linear'; expected an object (or null)"),
+])
+def test_a_hand_edited_config_json_names_the_bad_field(tmp_path, changes, message):
+    """Each of these once reached torch as a TypeError, a ZeroDivisionError or a negative shape."""
+    save_checkpoint(tiny_model(seed=8), tmp_path / "ckpt")
+    edit_config(str(tmp_path / "ckpt"), **changes)
+    with pytest.raises(ValueError) as e:
+        load_hf(str(tmp_path / "ckpt"))
+    assert str(e.value) == f"config.json has {message}"
+
+
+def test_damaged_checkpoint_files_are_named(tmp_path):
+    """config.json that is not an object, an index without its weight_map, NaN weights, a meta.json
+    that is not an object, and two tokenizer models: a ValueError naming the file, not garbage."""
+    ckpt = str(tmp_path / "ckpt")
+    save_checkpoint(tiny_model(seed=8), ckpt, meta={"config": {"chunk_tokens": 64}})
+    assert load_checkpoint(ckpt)[1]["config"] == {"chunk_tokens": 64}  # whole, it loads
+    config = open(os.path.join(ckpt, "config.json")).read()
+    with open(os.path.join(ckpt, "config.json"), "w") as f:
+        f.write("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json holds \[1, 2\], not an object"):
+        load_hf(ckpt)
+    with open(os.path.join(ckpt, "config.json"), "w") as f:
+        f.write(config)
+    with open(os.path.join(ckpt, "model.safetensors.index.json"), "w") as f:
+        f.write("{}")
+    with pytest.raises(ValueError, match="is not a safetensors index"):
+        load_hf(ckpt)
+    os.remove(os.path.join(ckpt, "model.safetensors.index.json"))
+    with open(os.path.join(ckpt, "meta.json"), "w") as f:
+        f.write('[{"config": {}}]')
+    with pytest.raises(ValueError, match="meta.json is not a checkpoint's meta.json"):
+        load_checkpoint(ckpt)
+    with open(os.path.join(ckpt, "meta.json"), "w") as f:
+        f.write('{"config": "chunk 64"}')
+    with pytest.raises(ValueError, match="meta.json is not a checkpoint's meta.json"):
+        load_checkpoint(ckpt)
+    os.remove(os.path.join(ckpt, "meta.json"))
+    for name in ("a.model", "b.model"):  # which one the weights were trained with cannot be told
+        open(os.path.join(ckpt, name), "wb").close()
+    with pytest.raises(ValueError, match=r"holds 2 tokenizer models \(a.model, b.model\)"):
+        load_checkpoint(ckpt)
+    nan = tiny_model(seed=8)
+    with torch.no_grad():
+        nan.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")  # a run that diverged
+    save_checkpoint(nan, str(tmp_path / "nan"))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight holds NaN or infinite"):
+        load_hf(str(tmp_path / "nan"))
+
+
 def test_checkpoint_folder_has_the_mode_of_any_new_folder(tmp_path):
     old_umask = os.umask(0o022)
     try:

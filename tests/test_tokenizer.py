@@ -1,13 +1,14 @@
 """The sentencepiece tokenizer: exact round trips, single-id specials, split digits, chat ids."""
 import os
 import random
+import shutil
 
 import pytest
 
 from memagent import tasks
 from memagent.prompts import final_prompt, memory_prompt
 from memagent.tokenizer import (DEFAULT_VOCAB_SIZE, SPECIAL_TOKENS, Tokenizer, chat_prompt,
-                                chat_text, get_tokenizer, model_path, train_tokenizer)
+                                chat_text, get_tokenizer, load_tokenizer, model_path, train_tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +137,12 @@ def test_errors(tok, tmp_path):
         tok.encode("ab\ud800c")
     with pytest.raises(ValueError, match="too small"):
         train_tokenizer(str(tmp_path), vocab_size=100)
+    two = tmp_path / "two"  # a checkpoint folder with two tokenizers: which one is meant cannot be told
+    two.mkdir()
+    shutil.copy(tok.path, two / "a.model")
+    shutil.copy(tok.path, two / "b.model")
+    with pytest.raises(ValueError, match=r"holds 2 tokenizer models \(a.model, b.model\)"):
+        load_tokenizer(str(two))
     with pytest.raises(ValueError, match="smaller vocab_size"):
         train_tokenizer(str(tmp_path), vocab_size=60000, n_chars=20_000)
 
