@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from memagent.tasks import TASKS
+from memagent.tasks import MAX_LENGTH, TASKS
 from model import PRESETS, Qwen2, check_device, config_from_preset
 from rollout import generate
 
@@ -201,6 +201,9 @@ def main():
         p.error(f"unknown --task {args.task!r}; choose one of {', '.join(TASKS)}")
     if min(args.multiples + [args.chunk_tokens, args.memory_tokens, args.answer_tokens, args.base_length]) < 1:
         p.error("--multiples, --base-length and the --chunk/--memory/--answer-tokens budgets must be >= 1")
+    if args.agent and args.base_length * max(args.multiples) > MAX_LENGTH:  # (checked before the 1x row runs)
+        p.error(f"--base-length {args.base_length} x --multiples up to {max(args.multiples)} is past the "
+                f"{MAX_LENGTH:,} tokens a document may have (memagent/tasks.py MAX_LENGTH)")
     try:
         device = check_device(args.device)
     except ValueError as e:

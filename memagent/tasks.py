@@ -47,6 +47,10 @@ from fractions import Fraction
 from memagent.reward import REWARD_KIND, normalize_answer
 
 LENGTH_TOLERANCE = 0.02  # a context's token count is within 2% of the requested length
+# the longest document make_sample builds: 2^24 = 16.8M tokens (~25 s, ~5x the paper's longest,
+# 3.5M); past it a slip such as a length of 1e9 would run for hours and exhaust memory
+MAX_LENGTH = 2**24
+MAX_DOCS = MAX_LENGTH // 64  # the same cap in hotpot_synth documents (a paragraph is ~100 tokens)
 
 # ----------------------------------------------------------------------------------------------
 # Procedural prose: haystack and filler text. No digits, no hyphens, no all-caps words, so a
@@ -723,21 +727,33 @@ TASKS = {
 # ----------------------------------------------------------------------------------------------
 # Samples, sample sets, lengths
 
+def check_request(task, length, n_docs):
+    """A ValueError naming what is wrong with a request make_sample cannot meet with any seed."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    if n_docs is not None:
+        if task != "hotpot_synth":
+            raise ValueError(f"n_docs only applies to hotpot_synth, not {task!r}")
+        if n_docs > MAX_DOCS:
+            raise ValueError(f"n_docs {n_docs:,} is past the {MAX_DOCS:,} documents (MAX_DOCS) this generates")
+    else:
+        if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+            raise ValueError(f"length must be a positive number of tokens, got {length!r}")
+        if length > MAX_LENGTH:
+            raise ValueError(f"length {length:,} is past the {MAX_LENGTH:,} tokens (MAX_LENGTH) a document "
+                             f"may have here")
+
+
 def make_sample(task: str, length: int | None, seed: int, tokenizer, n_docs: int | None = None):
     """One sample of `task` whose context measures `length` tokens (within 2%) under tokenizer.
 
     tokenizer: anything with encode(str) -> list[int] that adds no special tokens.
     n_docs: hotpot_synth only, a document count instead of a token length.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    check_request(task, length, n_docs)
     if n_docs is not None:
-        if task != "hotpot_synth":
-            raise ValueError(f"n_docs only applies to hotpot_synth, not {task!r}")
         context, meta, n_tokens = hotpot_synth(None, seed, tokenizer, n_docs=n_docs)
     else:
-        if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
-            raise ValueError(f"length must be a positive number of tokens, got {length!r}")
         context, meta, n_tokens = TASKS[task](length, seed, tokenizer)
     return {"task": task, "question": meta.pop("question"), "context": context,
             "answers": meta.pop("answers"), "length": length, "n_tokens": n_tokens,
@@ -750,6 +766,7 @@ def make_sample_retry(task: str, length: int | None, seed: int, tokenizer, n_doc
     sentences cannot always fill the last few tokens: at 128 tokens about 1 seed in 3 of
     niah_number_among_prices misses), the next seed of its own sequence, seed + k * 10**9.
     Deterministic, so train.py and infer.py build the same held-out documents from the same seeds."""
+    check_request(task, length, n_docs)  # (a request no seed can meet fails here, not 100 times)
     for k in range(attempts):
         try:
             return make_sample(task, length, seed + k * 10**9, tokenizer, n_docs=n_docs)
@@ -1080,6 +1097,9 @@ def main(argv=None) -> int:
         parser.error("--task hotpotqa needs --hotpotqa FILE")
     if args.n <= 0:
         parser.error(f"--n must be positive, got {args.n}")
+    if args.tokenizer_dir and os.path.exists(args.tokenizer_dir) and not os.path.isdir(args.tokenizer_dir):
+        parser.error(f"--tokenizer-dir {args.tokenizer_dir} is a file; it names the folder our tokenizer is "
+                     f"cached in (a finished .model file goes to --tokenizer)")
     try:
         length = parse_length(args.length) if args.length is not None else None
     except ValueError as e:
@@ -1100,7 +1120,7 @@ def main(argv=None) -> int:
         else:
             samples = make_samples(args.task, None if args.docs else length, args.n, args.seed,
                                    tokenizer, n_docs=args.docs)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # (OSError: a --tokenizer-dir that is a file, say)
         parser.error(str(e))
     try:
         save_jsonl(samples, args.out)

@@ -63,7 +63,9 @@ def test_bad_sizes_are_one_line_errors():
                            (["--prompt-len", "2047", "--new-tokens", "2"], "exceeds tiny's 2048 positions"),
                            (["--agent", "--batch", "1", "4"], "agent mode reads one --batch"),
                            (["--device", "meta"], "device type 'meta' is not supported"),
-                           (["--agent", "--tokenizer-dir", "README.md"], "--tokenizer-dir README.md is a file")):
+                           (["--agent", "--tokenizer-dir", "README.md"], "--tokenizer-dir README.md is a file"),
+                           (["--agent", "--base-length", "1000000", "--multiples", "1", "64"],
+                            "--base-length 1000000 x --multiples up to 64 is past the 16,777,216 tokens")):
         out = subprocess.run([sys.executable, "bench.py", "--device", "cpu"] + flags, cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

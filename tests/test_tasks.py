@@ -501,11 +501,17 @@ def test_cli_in_process(tok, tmp_path, capsys):
         (["--task", "vt", "--length", "1k", "--vocab-size", "512"], "--tokenizer is a finished .model"),
         (["--task", "vt", "--length", "1k", "--out", str(tmp_path)], f"cannot write --out {tmp_path}"),
         (["--task", "vt", "--length", "1k", "--tokenizer", str(out)], "is not a sentencepiece model"),
+        # (a slip of a length once ran for hours; the message is make_sample's own, said once)
+        (["--task", "vt", "--length", "17M"], "error: length 17,000,000 is past the 16,777,216 tokens (MAX_LENGTH)"),
+        (["--task", "hotpot_synth", "--docs", "300000"], "error: n_docs 300,000 is past the 262,144 documents"),
     ]:
         with pytest.raises(SystemExit) as e:
             tasks.main(["--out", str(out), "--tokenizer", tok.path] + argv)  # (argv's own flags win)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        tasks.main(["--out", str(out), "--task", "vt", "--length", "1k", "--tokenizer-dir", tok.path])
+    assert e.value.code == 2 and f"--tokenizer-dir {tok.path} is a file" in capsys.readouterr().err
 
 
 def test_cli_module_with_hotpotqa(tok, tmp_path):
