@@ -268,6 +268,9 @@ def parse_args(argv=None):
             parser.add_argument(flag, type=type(f.default), default=None, metavar=f.name.upper(),
                                 help=HELP.get(f.name, f"default {f.default!r}"))
     args = parser.parse_args(argv)
+    empty = [k for k, v in vars(args).items() if isinstance(v, str) and not v.strip()]
+    if empty:  # ("" would quietly mean the default: no data file, no --init-from, the cpu-demo recipe)
+        parser.error(f"--{empty[0].replace('_', '-')} is empty; leave the flag out to use its default")
     recipe = args.recipe or TrainConfig.recipe
     if recipe not in RECIPES:
         parser.error(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -328,8 +331,9 @@ def parse_args(argv=None):
                      f"rollouts of a group are identical and carry no signal); got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         parser.error(f"--top-p must be in (0, 1], got {cfg.top_p}")
-    if cfg.seed < 0:  # (seeds of samples and rollouts are built from it; random.Random(-s) is random.Random(s))
-        parser.error(f"--seed must be >= 0, got {cfg.seed}")
+    if not 0 <= cfg.seed <= MAX_SEED:  # (random.Random(-s) is random.Random(s))
+        parser.error(f"--seed must be in [0, {MAX_SEED:,}]: sample seeds are seed x 10^7 + number and must "
+                     f"fit 64 bits; got {cfg.seed}")
     if cfg.filter_groups_by not in ("reward", "accuracy"):
         parser.error(f"--filter-groups-by must be reward or accuracy, not {cfg.filter_groups_by!r}")
     if cfg.max_gen_batches < 1:
@@ -342,8 +346,7 @@ def parse_args(argv=None):
         parser.error(f"--dual-clip must be > 1 (or 0 = off), got {cfg.dual_clip}")
     for flag, value, meaning in (("--grad-clip", cfg.grad_clip, "0 = no clipping; a negative norm would "
                                   "flip the gradient"), ("--overlong-buffer", cfg.overlong_buffer, "0 = off"),
-                                 ("--kl-coef", cfg.kl_coef, "0 = off; a negative one would reward drifting "
-                                  "from the reference"), ("--n-docs", cfg.n_docs, "0 = use --train-length"),
+                                 ("--n-docs", cfg.n_docs, "0 = use --train-length"),
                                  ("--rl-steps", cfg.rl_steps, "0 = no RL"),
                                  ("--sft-steps", cfg.sft_steps, "0 = no warm start"),
                                  ("--eval-n", cfg.eval_n, "0 = no evaluation"),
@@ -353,7 +356,8 @@ def parse_args(argv=None):
                                  ("--warmup-steps", cfg.warmup_steps, "0 = no warm-up")):
         if not value >= 0:
             parser.error(f"{flag} must be >= 0 ({meaning}), got {value}")
-    for flag, value in (("--lr", cfg.lr), ("--sft-lr", cfg.sft_lr), ("--weight-decay", cfg.weight_decay)):
+    for flag, value in (("--lr", cfg.lr), ("--sft-lr", cfg.sft_lr), ("--weight-decay", cfg.weight_decay),
+                        ("--kl-coef", cfg.kl_coef)):  # (a negative KL coefficient would reward drifting away)
         if not 0 <= value < math.inf:
             parser.error(f"{flag} must be a finite number >= 0, got {value}")
     if not 0 <= cfg.adam_beta2 < 1:
@@ -380,6 +384,13 @@ def parse_args(argv=None):
         parser.error(f"--eval-scales {cfg.eval_scales!r}: expected numbers like 1,4,16,64")
     if not all(0 < s < float("inf") for s in scales):  # (checked here, not after the training it follows)
         parser.error(f"--eval-scales {cfg.eval_scales!r}: each multiple of the training length must be > 0")
+    longest = max(scales + [1.0])  # (a data file's samples keep their own lengths: nothing to generate)
+    if not cfg.data and sized_in_docs(cfg) and cfg.n_docs * longest > tasks.MAX_DOCS:
+        parser.error(f"--n-docs {cfg.n_docs} x --eval-scales up to {longest:g} is past the {tasks.MAX_DOCS:,} "
+                     f"documents a sample may have (memagent/tasks.py MAX_DOCS)")
+    if not cfg.data and not sized_in_docs(cfg) and cfg.train_length * longest > tasks.MAX_LENGTH:
+        parser.error(f"--train-length {cfg.train_length} x --eval-scales up to {longest:g} is past the "
+                     f"{tasks.MAX_LENGTH:,} tokens a document may have (memagent/tasks.py MAX_LENGTH)")
     # every sample comes from its number (get_sample); training numbers must stay below the held-out ones
     rl_numbers = 0 if cfg.baseline else cfg.rl_steps * cfg.max_gen_batches * cfg.batch_size
     sft_numbers = SFT_SEED + (max(cfg.sft_steps, cfg.baseline_steps) + cfg.copy_patience) * cfg.sft_batch
@@ -424,7 +435,15 @@ def all_max(value):
 
 def setup_distributed(cfg):
     global RANK, WORLD, COMM_DEVICE
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise SystemExit(f"train.py: WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number of processes") from None
+    unset = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if world_size > 1 and unset:  # the group could not form (or would wait forever for its peers)
+        raise SystemExit(f"train.py: WORLD_SIZE={world_size} is set but {', '.join(unset)} not: launch with "
+                         f"torchrun --nproc_per_node={world_size} train.py ..., or unset WORLD_SIZE")
+    if world_size > 1:
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
         if use_cuda:  # before the group starts, so NCCL binds each rank to its own GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -461,6 +480,7 @@ def setup_distributed(cfg):
 EVAL_SEED = 10**6  # held-out samples use seeds from here on, training seeds stay below
 SFT_SEED = 5 * 10**5
 GATE_SEED = 2 * 10**6  # the copy gate's documents: held out from training AND from the evaluation
+MAX_SEED = 10**12  # get_sample's seed * 10**7 + number stays below 2**64
 
 
 def load_data(cfg):
@@ -593,11 +613,21 @@ def geometry_check(cfg, model, tokenizer, data):
             get_sample(cfg, tokenizer, data, EVAL_SEED, smallest)
         except SystemExit as e:
             raise SystemExit(f"{e} (at --eval-scales {smallest:g}: raise the smallest scale)")
-    problem, document = len(tokenizer.encode(sample["question"])), len(tokenizer.encode(sample["context"]))
+    problem, longest = longest_question(tokenizer, data, sample)
+    document = len(tokenizer.encode(sample["context"]))
     try:
         need = check_window(tokenizer, [problem + 8], agent_config(cfg, 1.0), window)
     except ValueError as e:
-        raise SystemExit(f"train.py: {e}")
+        raise SystemExit(f"train.py: {e}" + (f" (the longest question is sample {longest}'s of {cfg.data})"
+                                             if data is not None else ""))
+    if cfg.baseline:  # the baseline reads sample 0 whole; longer documents than the window are cut
+        direct = len(direct_turn_ids(tokenizer, tokenizer.encode(sample["question"]),
+                                     tokenizer.encode(sample["context"]), cfg.prompts == "compact"))
+        if direct + cfg.answer_tokens > window:
+            raise SystemExit(f"train.py: --baseline reads a whole document in one turn, and sample 0's is prompt "
+                             f"{direct} + answer {cfg.answer_tokens} = {direct + cfg.answer_tokens} tokens > the "
+                             f"{window}-token window; lower --train-length" +
+                             (" or --n-docs" if sized_in_docs(cfg) else ""))
     print0(f"geometry: chunk {cfg.chunk_tokens} + memory {cfg.memory_tokens} + answer "
            f"{cfg.answer_tokens} + problem ~{problem} -> longest conversation {need} of a {window}-token "
            f"window; training documents like sample 0: {document} tokens"
@@ -616,6 +646,17 @@ def geometry_check(cfg, model, tokenizer, data):
     print0(f"model: {cfg.model if not cfg.init_from else cfg.init_from}, "
            f"{model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.vocab_size}, "
            f"float32 weights, {cfg.dtype} compute on {cfg.device}, {WORLD} rank(s)")
+
+
+def longest_question(tokenizer, data, sample):
+    """(tokens, sample number) of the longest question the run meets: every one of a data file (a long
+    one past sample 0 would overflow the window mid-run), sample 0's of a generated task (whose
+    questions come from one template: geometry_check's 8 tokens of slack cover the rest)."""
+    if data is None:
+        return len(tokenizer.encode(sample["question"])), 0
+    items = data.items if isinstance(data, tasks.HotpotQA) else data
+    lengths = [len(tokenizer.encode(item["question"])) for item in items]
+    return max(lengths), lengths.index(max(lengths))
 
 
 def memory_plan(cfg, config, n_params, longest):
@@ -687,7 +728,15 @@ RESUME_MAY_CHANGE = ("recipe", "rl_steps", "eval_scales", "eval_n", "out_dir", "
 def load_state(cfg, model, optimizer):
     """Restore OUT_DIR/ckpt into model and optimizer; returns (step, history)."""
     path = os.path.join(cfg.out_dir, "ckpt")
-    state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
+    keys = ("step", "optimizer", "torch_rng", "python_rng", "history", "config")
+    try:
+        state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
+        if not (isinstance(state, dict) and all(k in state for k in keys) and isinstance(state["config"], dict)):
+            raise ValueError(f"it lacks some of {', '.join(keys)}")
+    except Exception as e:  # (a truncated or foreign file: torch.load's error types are many)
+        raise SystemExit(f"train.py: --resume: {path}/trainer.pt is unreadable ({type(e).__name__}: {e}), so the "
+                         f"run cannot continue exactly; start a new run from its weights in another --out-dir "
+                         f"(--init-from {path}/model)") from None
     saved = state["config"]
     for name in GEOMETRY_FIELDS:
         if saved.get(name) != getattr(cfg, name):
@@ -706,9 +755,16 @@ def load_state(cfg, model, optimizer):
         raise SystemExit(f"train.py: --resume: the run in {path} was trained on {state['world']} ranks and this "
                          f"one has {WORLD}; each rank's share of the prompts would change, so relaunch it "
                          f"with {state['world']}")
-    saved = load_hf(os.path.join(path, "model"), dtype=torch.float32, device=cfg.device)
-    model.load_state_dict(saved.state_dict())
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        saved = load_hf(os.path.join(path, "model"), dtype=torch.float32, device=cfg.device)
+        model.load_state_dict(saved.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        others = [os.path.join(cfg.out_dir, d) for d in ("rl", "warmstart")
+                  if os.path.isfile(os.path.join(cfg.out_dir, d, "config.json"))]
+        raise SystemExit(f"train.py: --resume: the checkpoint in {path} is damaged ({e}), so the run cannot "
+                         f"continue" + (f"; earlier weights are in {' and '.join(others)}: start a new run from "
+                                        f"one of them in another --out-dir (--init-from)" if others else ""))
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
     return state["step"], state["history"]
@@ -1545,8 +1601,13 @@ def refuse_to_overwrite(cfg):
     """A new run (no --resume) in an --out-dir that holds another run's checkpoints stops here,
     and so does a --resume with nothing to continue from beside ckpt/ or rl/ (it would start over
     on top of them): training never overwrites a checkpoint unasked."""
-    earlier = [name + "/" for name in ("warmstart", "ckpt", "rl", "baseline")
-               if os.path.isdir(os.path.join(cfg.out_dir, name))]
+    folders = ("warmstart", "ckpt", "rl", "baseline", "tokenizer", "ckpt.old")
+    files = [name for name in folders if os.path.lexists(os.path.join(cfg.out_dir, name))
+             and not os.path.isdir(os.path.join(cfg.out_dir, name))]
+    if files:  # (a checkpoint would be saved into, or read from, a file)
+        raise SystemExit(f"train.py: --out-dir {cfg.out_dir} holds {', '.join(files)} as a file where this trainer "
+                         f"keeps a folder; move it away or choose another --out-dir")
+    earlier = [name + "/" for name in folders[:4] if os.path.isdir(os.path.join(cfg.out_dir, name))]
     if earlier and not cfg.resume:
         raise SystemExit(f"train.py: --out-dir {cfg.out_dir} already holds a run ({', '.join(earlier)}), which a "
                          f"new run would overwrite: " + ("" if cfg.baseline else "pass --resume to continue it, or ") +
@@ -1567,7 +1628,10 @@ def main(argv=None):
     cfg = parse_args(argv)
     refuse_to_overwrite(cfg)
     setup_distributed(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    except OSError as e:  # (a read-only disk, a folder without write permission)
+        raise SystemExit(f"train.py: cannot create --out-dir {cfg.out_dir}: {e.strerror}")
     t_start = time.time()
     print0(f"recipe {cfg.recipe}: " + json.dumps(dataclasses.asdict(cfg)))
     if cfg.recipe in ("paper", "shipped") and not cfg.init_from and cfg.sft_steps == 0:
@@ -1610,8 +1674,12 @@ def main(argv=None):
         except FileNotFoundError:
             pass
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # (written by hand, or by an older run)
-            print0(f"warning: {table_path} is unreadable ({e}); its rows (the starting policy's) are not carried "
-                   f"over: evaluate that checkpoint with infer.py --eval")
+            table = f"unreadable ({e})"
+        if not isinstance(table, dict):
+            print0(f"warning: {table_path} is {table if isinstance(table, str) else 'not a table (a JSON object)'}; "
+                   f"its rows (the starting policy's) are not carried over: evaluate that checkpoint with "
+                   f"infer.py --eval")
+            table = {}
     elif not cfg.init_from and cfg.sft_steps > 0:
         warm_start_and_save(cfg, model, tokenizer, data)
     if not resuming and cfg.eval_n > 0:

@@ -130,10 +130,19 @@ def test_recipes_and_overrides():
     (["--temperature", "inf"], "--temperature must be finite and >= 1e-06"),
     (["--grad-clip", "-1"], "--grad-clip must be >= 0 (0 = no clipping"),
     (["--overlong-buffer", "-1"], "--overlong-buffer must be >= 0"),
-    (["--kl-coef", "-0.1"], "--kl-coef must be >= 0"),
+    (["--kl-coef", "-0.1"], "--kl-coef must be a finite number >= 0"),
+    (["--kl-coef", "inf"], "--kl-coef must be a finite number >= 0"),
     (["--n-docs", "50"], "--n-docs sizes documents in paragraphs"),
     (["--sft-batch", "0"], "--sft-batch must be >= 1"),
-    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--seed", "-1"], "--seed must be in [0, 1,000,000,000,000]"),
+    (["--seed", str(10**12 + 1)], "must fit 64 bits; got 1000000000001"),
+    (["--data", ""], "--data is empty; leave the flag out to use its default"),
+    (["--init-from", ""], "--init-from is empty"),
+    (["--recipe", " "], "--recipe is empty"),
+    (["--out-dir", ""], "--out-dir is empty"),
+    (["--eval-scales", "1,1e9"], "--train-length 384 x --eval-scales up to 1e+09 is past the 16,777,216 tokens"),
+    (["--train-length", "20000000"], "--train-length 20000000 x --eval-scales up to 64 is past the 16,777,216"),
+    (["--task", "hotpot_synth", "--n-docs", "10", "--eval-scales", "1e5"], "past the 262,144 documents"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--max-gen-batches", "0"], "--max-gen-batches must be >= 1"),
     (["--filter-groups-by", "score"], "--filter-groups-by must be reward or accuracy"),
@@ -195,6 +204,89 @@ def test_a_new_run_never_overwrites_another_runs_checkpoints(smoke_run, tmp_path
         run_main(["--recipe", "smoke", "--out-dir", out, "--resume"])
     assert "holds ckpt/, rl/ but no ckpt/trainer.pt to continue from" in str(e.value)
     assert {p: open(os.path.join(out, p, "model.safetensors"), "rb").read() for p in weights} == weights
+
+
+def test_a_damaged_checkpoint_stops_resume_with_its_name_and_leaves_the_run_as_it_was(smoke_run, tmp_path):
+    """A torn or foreign trainer.pt, a trainer.pt without its keys, ckpt/model's weights torn: one
+    clear message each (they were a pickle error, a KeyError, a zip error), and nothing is written."""
+    common = ["--recipe", "smoke", "--sft-steps", "30", "--resume", "--rl-steps", "3"]
+    cases = {"trainer.pt": (b"half a file", "ckpt/trainer.pt is unreadable (UnpicklingError"),
+             "keys": (None, "is unreadable (ValueError: it lacks some of step, optimizer"),
+             "model/model.safetensors": (b"\x00" * 4, "ckpt is damaged (cannot read the weights")}
+    for name, (content, message) in cases.items():
+        out = str(tmp_path / name.replace("/", "-"))
+        shutil.copytree(smoke_run[0], out)
+        if content is None:
+            torch.save({"step": 2}, os.path.join(out, "ckpt", "trainer.pt"))
+        else:
+            with open(os.path.join(out, "ckpt", name), "wb") as f:
+                f.write(content)
+        before = {p: open(os.path.join(out, p), "rb").read() for p in ("metrics.jsonl", "rl/model.safetensors")}
+        with pytest.raises(SystemExit) as e:
+            run_main(common + ["--out-dir", out])
+        assert str(e.value).startswith("train.py: --resume: ") and message in str(e.value), name
+        assert "start a new run from" in str(e.value) and "Traceback" not in str(e.value)
+        assert {p: open(os.path.join(out, p), "rb").read() for p in before} == before
+
+
+def test_a_file_where_a_checkpoint_folder_goes_and_a_table_that_is_not_one(smoke_run, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(smoke_run[0], out)
+    with open(os.path.join(out, "ckpt.old"), "w") as f:  # (a swap's leftover, as a file)
+        f.write("x")
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--resume", "--out-dir", out])
+    assert "holds ckpt.old as a file where this trainer keeps a folder" in str(e.value)
+    os.remove(os.path.join(out, "ckpt.old"))
+    with open(os.path.join(out, "eval.json"), "w") as f:
+        json.dump([1, 2], f)  # valid JSON, but not a table: --resume once crashed on it after its RL steps
+    capsys.readouterr()
+    run_main(["--recipe", "smoke", "--sft-steps", "30", "--resume", "--out-dir", out, "--rl-steps", "3"])
+    assert "eval.json is not a table (a JSON object)" in capsys.readouterr().out
+    with open(os.path.join(out, "eval.json")) as f:
+        assert list(json.load(f)) == ["RL"]  # a table again: the RL row, the unreadable rows left out
+
+
+def test_a_long_question_past_sample_0_and_a_baseline_document_past_the_window_stop_at_start(tok_dir, tmp_path):
+    """geometry_check read sample 0 alone: a longer question further down a JSONL file overflowed
+    the window mid-run, and a --baseline whose documents exceed the window trained on cut ones."""
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    samples = tasks.make_samples("niah_single_noise", 200, n=6, seed=0, tokenizer=tok)
+    samples[4]["question"] = "Which word? " * 400  # ~1,600 tokens: past a 512-token window
+    data = tmp_path / "long.jsonl"
+    tasks.save_jsonl(samples, data)
+    out = fresh_out(tok_dir, "longq")
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--out-dir", out, "--data", str(data), "--eval-n", "2", "--window", "512"])
+    assert "window too small" in str(e.value) and f"the longest question is sample 4's of {data}" in str(e.value)
+    assert not os.path.exists(os.path.join(out, "warmstart"))
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--baseline", "--out-dir", out, "--window", "256"])
+    assert re.search(r"--baseline reads a whole document in one turn, and sample 0's is prompt \d+ \+ answer "
+                     r"16 = \d+ tokens > the 256-token window; lower --train-length$", str(e.value))
+    assert not os.path.exists(os.path.join(out, "warmstart"))
+
+
+def test_world_size_without_torchrun_and_an_out_dir_that_cannot_be_made(tok_dir, monkeypatch):
+    cfg = train.parse_args(["--recipe", "smoke", "--device", "cpu"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as e:  # (init_process_group would fail deep inside, or wait forever)
+        train.setup_distributed(cfg)
+    assert "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT not: launch with torchrun" in str(e.value)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(SystemExit, match="WORLD_SIZE='two' is not a number"):
+        train.setup_distributed(cfg)
+    monkeypatch.delenv("WORLD_SIZE")
+
+    def read_only(path, exist_ok=False):  # (what a read-only disk answers; root passes permission bits)
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(train.os, "makedirs", read_only)
+    out = os.path.join(tok_dir, "read-only")
+    with pytest.raises(SystemExit) as e:
+        run_main(["--recipe", "smoke", "--out-dir", out])
+    assert str(e.value) == f"train.py: cannot create --out-dir {out}: Permission denied"
 
 
 def test_notes_for_flags_a_run_cannot_use(smoke_run, tmp_path, capsys):
