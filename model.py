@@ -373,7 +373,8 @@ def config_from_hf(hf):
             kwargs[f.name] = hf[f.name]
         elif f.name == "rope_theta" and "rope_parameters" in hf:  # newer transformers nest it
             kwargs[f.name] = hf["rope_parameters"].get("rope_theta", ModelConfig.rope_theta)
-    kwargs.setdefault("num_key_value_heads", kwargs.get("num_attention_heads"))
+    if kwargs.get("num_key_value_heads") is None:  # (absent or null: one KV head per query head, as in HF)
+        kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads")
     for f in fields(ModelConfig):  # a hand-edited file: "64" for 64, null, a negative size
         value = kwargs.get(f.name, f.default)
         if f.type in (bool, "bool"):

@@ -1177,13 +1177,15 @@ def baseline_max_scale(cfg, model, tokenizer):
     return (window - overhead) / (cfg.train_length * (1 + tasks.LENGTH_TOLERANCE))
 
 
-def baseline_conversations(cfg, tokenizer, data, index, rng, step, top):
+def baseline_conversations(cfg, tokenizer, data, index, rng, step, top, window=None):
     """The baseline's one supervised conversation of training sample `index`: (whole document +
     question) -> \\boxed{answer}. Document lengths are drawn uniformly from 1x up to `top`, the
     longest that fits the window, so the baseline is trained on every length it can read: any
     failure beyond is the window's, not a lack of training. Before cfg.short_chunk_steps, the
     agent's copy curriculum (see warm_start) holds here too: documents shrunk to
-    short_chunk / chunk_tokens of the training length."""
+    short_chunk / chunk_tokens of the training length. A conversation longer than `window` stops
+    the run (a data file's documents keep their own lengths; the model would read past its
+    positions without a word)."""
     if in_copy_curriculum(cfg, data, step):
         scale = cfg.short_chunk / cfg.chunk_tokens
     else:
@@ -1192,6 +1194,10 @@ def baseline_conversations(cfg, tokenizer, data, index, rng, step, top):
     prompt = direct_turn_ids(tokenizer, tokenizer.encode(sample["question"]),
                              tokenizer.encode(sample["context"]), cfg.prompts == "compact")
     reply = tokenizer.render_reply("\\boxed{%s}" % ", ".join(sample["answers"]))
+    if window is not None and len(prompt) + cfg.answer_tokens > window:
+        where = f"sample {index % max(1, len(data) - cfg.eval_n)} of {cfg.data}" if data is not None else f"sample {index}"
+        raise SystemExit(f"train.py: --baseline reads a whole document in one turn, and {where} is prompt "
+                         f"{len(prompt)} + answer {cfg.answer_tokens} tokens > the {window}-token window")
     return [(prompt, reply[:cfg.answer_tokens])]
 
 
@@ -1206,9 +1212,10 @@ def train_baseline(cfg, model, tokenizer, data):
     a digit guess for 360 steps of 64 documents (README, session 8)."""
     cfg = dataclasses.replace(cfg, sft_steps=cfg.baseline_steps, short_chunk_steps=cfg.baseline_steps // 2)
     top = max(1.0, baseline_max_scale(cfg, model, tokenizer)) if data is None else 1.0
+    window = cfg.window or model.config.max_position_embeddings
 
     def conversations_of(index, rng, step):
-        return baseline_conversations(cfg, tokenizer, data, index, rng, step, top)
+        return baseline_conversations(cfg, tokenizer, data, index, rng, step, top, window)
 
     print0(f"== full-attention baseline: {cfg.sft_steps} supervised steps on whole documents of "
            f"{cfg.train_length}-{round(cfg.train_length * top)} tokens")

@@ -265,6 +265,15 @@ def test_a_long_question_past_sample_0_and_a_baseline_document_past_the_window_s
     assert re.search(r"--baseline reads a whole document in one turn, and sample 0's is prompt \d+ \+ answer "
                      r"16 = \d+ tokens > the 256-token window; lower --train-length$", str(e.value))
     assert not os.path.exists(os.path.join(out, "warmstart"))
+    # a data file's documents keep their own lengths: sample 3's, past the window, stops the baseline
+    samples[4]["question"] = "Which word?"
+    samples[3] = tasks.make_sample("niah_single_noise", 700, 3, tok)
+    tasks.save_jsonl(samples, data)
+    with pytest.raises(SystemExit) as e:  # (its second step reads samples 2 and 3)
+        run_main(["--recipe", "smoke", "--baseline", "--out-dir", fresh_out(tok_dir, "longdoc"), "--data", str(data),
+                  "--eval-n", "2", "--window", "512", "--sft-steps", "0", "--baseline-steps", "2"])
+    assert re.search(rf"and sample 3 of {re.escape(str(data))} is prompt 7\d\d \+ answer 16 tokens > the 512-token "
+                     r"window$", str(e.value))
 
 
 def test_world_size_without_torchrun_and_an_out_dir_that_cannot_be_made(tok_dir, monkeypatch):
@@ -1592,7 +1601,8 @@ def test_baseline_steps_split_between_curriculum_and_whole_documents(monkeypatch
     monkeypatch.setattr(train, "supervised", fake_supervised)
     monkeypatch.setattr(train, "baseline_max_scale", lambda cfg, model, tok: 4.0)
     cfg = train.parse_args(["--baseline", "--baseline-steps", "10", "--short-chunk-steps", "300"])
-    train.train_baseline(cfg, None, None, None)
+    model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=2048))
+    train.train_baseline(cfg, model, None, None)
     assert seen == dict(steps=10, curriculum=[True] * 5 + [False] * 5)
 
 
