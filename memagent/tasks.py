@@ -816,15 +816,33 @@ def parse_length(text) -> int:
 
 
 def save_jsonl(samples, path) -> None:
-    """One JSON object per line (UTF-8), parent folders created."""
+    """One JSON object per line (UTF-8), parent folders created. Written to a temporary file that
+    then replaces `path`, so a failure half-way leaves an existing file as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for sample in samples:
-            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 REQUIRED_KEYS = ("question", "context", "answers")
+
+
+def _is_needle(needle, context):
+    """Whether a JSONL sample's needle has the shape make_sample gives: key and value strings, and
+    the character span start:end of its sentence in the context (both or neither)."""
+    if not (isinstance(needle, dict) and isinstance(needle.get("key"), str) and isinstance(needle.get("value"), str)):
+        return False
+    if "start" not in needle and "end" not in needle:
+        return True
+    start, end = needle.get("start"), needle.get("end")
+    return all(type(i) is int for i in (start, end)) and 0 <= start < end <= len(context)
 
 
 def load_jsonl(path) -> list[dict]:
@@ -871,6 +889,11 @@ def load_jsonl(path) -> list[dict]:
             except UnicodeEncodeError as e:  # JSON allows "\ud800" escapes, which no text encodes
                 raise ValueError(f"{path}, line {lineno}: {key} is not valid Unicode (a lone surrogate "
                                  f"at character {e.start})") from None
+        needles = sample.get("needles", [])  # (optional: a generated needle task's, read by train.py and infer.py)
+        if not (isinstance(needles, list) and all(_is_needle(n, sample["context"]) for n in needles)):
+            raise ValueError(f"{path}, line {lineno}: needles must be a list of objects with a string key and "
+                             f"value, and an integer start < end inside the context (or neither), got "
+                             f"{json.dumps(needles)[:80]}")
         task = sample.get("task", "hotpotqa")
         if not isinstance(task, str) or task not in REWARD_KIND:
             raise ValueError(f"{path}, line {lineno}: unknown task {task!r} (it decides the "
@@ -917,6 +940,8 @@ def _check_hotpotqa_item(item):
     for key in ("question", "answer"):
         if not isinstance(item[key], str):
             return f"{key} is not a string but a {type(item[key]).__name__}"
+    if not item["question"].strip():
+        return "the question is empty: nothing to ask"
     def is_paragraph(p):  # [title, [sentence, ...]]
         return (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list)
                 and all(isinstance(x, str) for x in p[1]))
@@ -924,6 +949,13 @@ def _check_hotpotqa_item(item):
         return "context is not a list of [title, [sentences]] pairs"
     if not item["context"]:
         return "context is empty (no paragraphs of its own)"
+    texts = [("the question", item["question"]), ("the answer", item["answer"])] + \
+        [(f"paragraph {title!r}", title + "".join(s)) for title, s in item["context"]]
+    for where, text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON allows "\ud800" escapes, which no text encodes
+            return f"{where} is not valid Unicode (a lone surrogate at character {e.start})"
     facts = item.get("supporting_facts", [])
     if not isinstance(facts, list) or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str)
                                               for f in facts):
@@ -1097,6 +1129,15 @@ def main(argv=None) -> int:
         parser.error("--task hotpotqa needs --hotpotqa FILE")
     if args.n <= 0:
         parser.error(f"--n must be positive, got {args.n}")
+    if args.seed < 0:  # (random.Random(-s) is random.Random(s): another seed's samples, repeated)
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.vocab_size is not None and args.vocab_size < 1:
+        parser.error(f"--vocab-size must be >= 1, got {args.vocab_size}")
+    if args.hotpotqa and args.task != "hotpotqa":
+        parser.error(f"--hotpotqa FILE is read by --task hotpotqa only, not --task {args.task}")
+    if args.hotpotqa and os.path.exists(args.hotpotqa) and os.path.exists(args.out) and \
+            os.path.samefile(args.hotpotqa, args.out):
+        parser.error(f"--out {args.out} is the --hotpotqa file itself: writing would destroy it")
     if args.tokenizer_dir and os.path.exists(args.tokenizer_dir) and not os.path.isdir(args.tokenizer_dir):
         parser.error(f"--tokenizer-dir {args.tokenizer_dir} is a file; it names the folder our tokenizer is "
                      f"cached in (a finished .model file goes to --tokenizer)")

@@ -4,6 +4,7 @@ Checks re-derive facts from the context text itself (regexes over the documents,
 for the variable chain) rather than trusting the generator's metadata.
 """
 import json
+import os
 import random
 import re
 import subprocess
@@ -302,9 +303,26 @@ def test_jsonl_round_trip_and_errors(tok, tmp_path):
     bad.write_text('{"question": "q", "context": "c", "answers": ["7\\udc00"]}\n')
     with pytest.raises(ValueError, match="line 1: an answer is not valid Unicode"):
         load_jsonl(bad)
+    samples_with_needles = make_samples("niah_multikey", 300, n=1, seed=0, tokenizer=tok)
+    save_jsonl(samples_with_needles, bad)
+    assert load_jsonl(bad) == samples_with_needles  # make_sample's needles pass
+    needle = samples_with_needles[0]["needles"][0]
+    for needles in ("abc", {"a": 1}, [{"key": "a"}], [dict(needle, value=7)], [dict(needle, start="x")],
+                    [dict(needle, end=10**6)], [{k: v for k, v in needle.items() if k != "end"}]):
+        bad.write_text(json.dumps(dict(samples_with_needles[0], needles=needles)) + "\n")
+        with pytest.raises(ValueError, match="line 1: needles must be a list of objects with a string key"):
+            load_jsonl(bad)  # (train.py and infer.py read them: a TypeError, mid-run, once)
+    bad.write_text(json.dumps(dict(samples_with_needles[0], needles=[{"key": "k", "value": "7"}])) + "\n")
+    assert load_jsonl(bad)[0]["needles"] == [{"key": "k", "value": "7"}]  # no span: allowed
     bad.write_text("\n  \n")
     with pytest.raises(ValueError, match="bad.jsonl: no samples"):
         load_jsonl(bad)
+    save_jsonl(samples, bad)
+    before = bad.read_bytes()
+    with pytest.raises(UnicodeEncodeError):  # a write that fails half-way leaves the old file whole
+        save_jsonl(samples + [dict(samples[0], question="\ud800")], bad)
+    assert bad.read_bytes() == before and os.listdir(tmp_path / "sub") == ["data.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "sub"]
     with pytest.raises(ValueError, match="cannot read it"):
         load_jsonl(tmp_path)  # a directory
 
@@ -429,8 +447,15 @@ def test_load_hotpotqa_errors(tok, tmp_path):
     ({"question": "q", "answer": "a", "context": [["T", ["s."]]], "supporting_facts": [["T"]]},
      "supporting_facts is not a list"),
     ({"question": "q", "answer": "a", "context": []}, "context is empty"),
+    ({"question": "  ", "answer": "a", "context": [["T", ["s."]]]}, "the question is empty: nothing to ask"),
+    ({"question": "q\ud800?", "answer": "a", "context": [["T", ["s."]]]},
+     "the question is not valid Unicode \\(a lone surrogate at character 1\\)"),
+    ({"question": "q", "answer": "a", "context": [["T", ["s.", "x\udc00"]]]},
+     "paragraph 'T' is not valid Unicode \\(a lone surrogate at character 4\\)"),
 ])
 def test_hotpotqa_file_of_the_wrong_shape_is_named(tmp_path, item, message):
+    """Each of these once got through: a blank question was trained on, a lone surrogate (JSON's
+    "\\ud800" escape) was a UnicodeEncodeError whenever a document first drew that paragraph."""
     path = tmp_path / "hotpot.json"
     path.write_text(json.dumps([item]))
     with pytest.raises(ValueError, match=f"hotpot.json: question 0: {message}"):
@@ -504,6 +529,9 @@ def test_cli_in_process(tok, tmp_path, capsys):
         # (a slip of a length once ran for hours; the message is make_sample's own, said once)
         (["--task", "vt", "--length", "17M"], "error: length 17,000,000 is past the 16,777,216 tokens (MAX_LENGTH)"),
         (["--task", "hotpot_synth", "--docs", "300000"], "error: n_docs 300,000 is past the 262,144 documents"),
+        (["--task", "hotpotqa", "--hotpotqa", str(out), "--docs", "5", "--seed", "-7"], "--seed must be >= 0"),
+        (["--task", "vt", "--length", "1k", "--hotpotqa", str(out)], "read by --task hotpotqa only, not --task vt"),
+        (["--task", "hotpotqa", "--hotpotqa", str(out), "--docs", "5"], "is the --hotpotqa file itself"),
     ]:
         with pytest.raises(SystemExit) as e:
             tasks.main(["--out", str(out), "--tokenizer", tok.path] + argv)  # (argv's own flags win)
