@@ -217,10 +217,17 @@ def main():
                 f"got {args.new_tokens}")
     if min(args.batch) < 1 or args.prompt_len < 1:
         p.error("--batch and --prompt-len must be >= 1")
+    if not 0 < args.bandwidth < float("inf"):
+        p.error(f"--bandwidth must be a finite number of bytes/s > 0, got {args.bandwidth}")
     if args.vocab_size is not None and args.vocab_size < 1:
         p.error(f"--vocab-size must be >= 1, got {args.vocab_size}")
     if (args.agent or args.agent_one) and os.path.exists(args.tokenizer_dir) and not os.path.isdir(args.tokenizer_dir):
         p.error(f"--tokenizer-dir {args.tokenizer_dir} is a file, not a folder")
+    if args.agent and args.vocab_size is not None:  # (the model must have an id for every token)
+        from memagent.tokenizer import get_tokenizer
+        n_ids = get_tokenizer(args.tokenizer_dir).vocab_size
+        if args.vocab_size < n_ids:
+            p.error(f"--vocab-size {args.vocab_size} is smaller than the tokenizer's {n_ids} ids")
     if (args.agent or args.agent_one) and len(args.batch) > 1:
         p.error(f"agent mode reads one --batch of documents at every length, got {len(args.batch)} values")
     positions = config_from_preset(args.model).max_position_embeddings

@@ -55,15 +55,20 @@ def test_decode_bound_reads_only_the_batch_rows_of_an_untied_embedding():
         assert decode_bound_tok_s(model, 2, 10, 1e9) == 2 / step_s
 
 
-def test_bad_sizes_are_one_line_errors():
+def test_bad_sizes_are_one_line_errors(tmp_path):
+    tok_dir = str(tmp_path / "tok")
+    get_tokenizer(tok_dir)
     for flags, message in ((["--new-tokens", "1"], "--new-tokens must be >= 2"),
                            (["--batch", "0"], "--batch and --prompt-len must be >= 1"),
                            (["--cuda-graph"], "--cuda-graph needs a CUDA device"),
                            (["--vocab-size", "0"], "--vocab-size must be >= 1"),
+                           (["--bandwidth", "nan"], "--bandwidth must be a finite number of bytes/s > 0"),
                            (["--prompt-len", "2047", "--new-tokens", "2"], "exceeds tiny's 2048 positions"),
                            (["--agent", "--batch", "1", "4"], "agent mode reads one --batch"),
                            (["--device", "meta"], "device type 'meta' is not supported"),
                            (["--agent", "--tokenizer-dir", "README.md"], "--tokenizer-dir README.md is a file"),
+                           (["--agent", "--vocab-size", "500", "--tokenizer-dir", tok_dir],
+                            "--vocab-size 500 is smaller than the tokenizer's 2048 ids"),
                            (["--agent", "--base-length", "1000000", "--multiples", "1", "64"],
                             "--base-length 1000000 x --multiples up to 64 is past the 16,777,216 tokens")):
         out = subprocess.run([sys.executable, "bench.py", "--device", "cpu"] + flags, cwd=ROOT,
