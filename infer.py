@@ -498,4 +498,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninfer.py: interrupted", file=sys.stderr)
+        sys.exit(130)

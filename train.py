@@ -59,6 +59,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 
@@ -71,8 +72,8 @@ from memagent.prompts import initial_memory
 from memagent.reward import memory_holds
 from memagent.tokenizer import HFTokenizer, get_tokenizer, load_tokenizer
 from model import PRESETS as MODEL_PRESETS
-from model import (Qwen2, check_device, config_from_preset, load_hf, recover_swap, remove_stale_staging,
-                   run_folder_hint, save_checkpoint, staging_dir, swap_in)
+from model import (Qwen2, check_device, config_from_preset, load_checkpoint, load_hf, recover_swap,
+                   remove_stale_staging, run_folder_hint, save_checkpoint, staging_dir, swap_in)
 from rollout import (MIN_TEMPERATURE, AgentConfig, check_window, direct_turn_ids, distinct, document_chunks,
                      final_turn_ids, memory_turn_ids, run_agent, run_full_attention)
 
@@ -271,6 +272,12 @@ def parse_args(argv=None):
     empty = [k for k, v in vars(args).items() if isinstance(v, str) and not v.strip()]
     if empty:  # ("" would quietly mean the default: no data file, no --init-from, the cpu-demo recipe)
         parser.error(f"--{empty[0].replace('_', '-')} is empty; leave the flag out to use its default")
+    for name, value in vars(args).items():
+        try:
+            value.encode("utf-8") if isinstance(value, str) else None
+        except UnicodeEncodeError:  # (bytes that are not UTF-8 reach Python as lone surrogates)
+            parser.error(f"--{name.replace('_', '-')} {value.encode('utf-8', 'replace').decode()!r} is not "
+                         f"UTF-8 text")
     recipe = args.recipe or TrainConfig.recipe
     if recipe not in RECIPES:
         parser.error(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -371,6 +378,17 @@ def parse_args(argv=None):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         parser.error(f"--out-dir {cfg.out_dir}: {ancestor} is a file, so no folder can be made below it")
+    if cfg.data and args.task is not None:  # (like --n-docs below: a flag that cannot apply is refused)
+        parser.error(f"--task makes generated documents; --data {cfg.data} brings its own (each sample's "
+                     f"\"task\" field, else hotpotqa, picks its reward): drop one of the two")
+    if cfg.data and not cfg.data.endswith(".json") and args.train_length is not None:
+        parser.error(f"--train-length sizes generated and HotpotQA documents; the samples of {cfg.data} keep "
+                     f"their own lengths: drop it")
+    if cfg.window < 0:
+        parser.error(f"--window must be >= 0 (0 = the model's positions), got {cfg.window}")
+    if cfg.eval_n > GATE_SEED - EVAL_SEED:  # (held-out samples are numbered EVAL_SEED + i)
+        parser.error(f"--eval-n {cfg.eval_n} is more than the {GATE_SEED - EVAL_SEED:,} held-out samples there "
+                     f"are numbers for")
     if args.n_docs and not sized_in_docs(cfg):  # (a recipe's n_docs is simply unused by other tasks)
         parser.error("--n-docs sizes documents in paragraphs, which only --task hotpot_synth and a HotpotQA "
                      ".json have; this run's documents are sized by --train-length")
@@ -643,6 +661,10 @@ def geometry_check(cfg, model, tokenizer, data):
     print0("memory plan per rank (estimated from shapes, GiB): " +
            ", ".join(f"{name} {b / 2**30:.2f}" for name, b in plan.items()) +
            f"; peak ~{peak / 2**30:.1f} (state + the larger of the rollout and update phases)")
+    total = device_memory(cfg.device)
+    if total and peak > total:  # (an estimate, so a warning: but past the device, it is out of memory)
+        print0(f"warning: that peak is more than this device's {total / 2**30:.1f} GiB: lower --rollout-rows "
+               f"(rows per generate call), --micro-batch or --eval-n, or pass --grad-ckpt")
     print0(f"model: {cfg.model if not cfg.init_from else cfg.init_from}, "
            f"{model.num_parameters() / 1e6:.2f}M parameters, vocab {model.config.vocab_size}, "
            f"float32 weights, {cfg.dtype} compute on {cfg.device}, {WORLD} rank(s)")
@@ -657,6 +679,16 @@ def longest_question(tokenizer, data, sample):
     items = data.items if isinstance(data, tasks.HotpotQA) else data
     lengths = [len(tokenizer.encode(item["question"])) for item in items]
     return max(lengths), lengths.index(max(lengths))
+
+
+def device_memory(device):
+    """Bytes of memory on `device` (a CUDA GPU's, or the machine's RAM for the CPU), None if unknown."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # (not Linux)
+        return None
 
 
 def memory_plan(cfg, config, n_params, longest):
@@ -725,6 +757,28 @@ RESUME_MAY_CHANGE = ("recipe", "rl_steps", "eval_scales", "eval_n", "out_dir", "
                      "micro_batch", "grad_ckpt", "compile", "cuda_graph", "save_every", "resume", "baseline_steps")
 
 
+def check_same_flags(cfg, saved, path, weights):
+    """Stop unless this run's flags are those the checkpoint in `path` was trained with (`saved`, its
+    config), but for RESUME_MAY_CHANGE; `weights` is the folder a new run could start from instead."""
+    def same(name, a, b):  # (a path given another way, "run/" or relative, is the same folder)
+        if name in ("init_from", "data") and a and b:
+            return os.path.realpath(a) == os.path.realpath(b)
+        return a == b
+    for name in GEOMETRY_FIELDS:
+        if not same(name, saved.get(name), getattr(cfg, name)):
+            raise SystemExit(f"train.py: checkpoint {path} is incompatible: it was trained with "
+                             f"{name}={saved.get(name)!r}, this run has {getattr(cfg, name)!r}")
+    may_change = [n for n in RESUME_MAY_CHANGE if not (n == "eval_n" and cfg.data)]
+    changed = [f"--{f.name.replace('_', '-')} {saved[f.name]!r} (this run: {getattr(cfg, f.name)!r})"
+               for f in dataclasses.fields(cfg) if f.name not in may_change and f.name in saved
+               and not same(f.name, saved[f.name], getattr(cfg, f.name))]
+    if changed:
+        raise SystemExit(f"train.py: --resume continues the run in {path} as it began, but it was trained with "
+                         f"{'; '.join(changed)}. Repeat its flags (only --rl-steps, evaluation and system "
+                         f"flags may change), or start a new run from a copy of its weights in another "
+                         f"--out-dir (--init-from COPY of {weights})")
+
+
 def load_state(cfg, model, optimizer):
     """Restore OUT_DIR/ckpt into model and optimizer; returns (step, history)."""
     path = os.path.join(cfg.out_dir, "ckpt")
@@ -737,20 +791,7 @@ def load_state(cfg, model, optimizer):
         raise SystemExit(f"train.py: --resume: {path}/trainer.pt is unreadable ({type(e).__name__}: {e}), so the "
                          f"run cannot continue exactly; start a new run from its weights in another --out-dir "
                          f"(--init-from {path}/model)") from None
-    saved = state["config"]
-    for name in GEOMETRY_FIELDS:
-        if saved.get(name) != getattr(cfg, name):
-            raise SystemExit(f"train.py: checkpoint {path} is incompatible: it was trained with "
-                             f"{name}={saved.get(name)!r}, this run has {getattr(cfg, name)!r}")
-    may_change = [n for n in RESUME_MAY_CHANGE if not (n == "eval_n" and cfg.data)]
-    changed = [f"--{f.name.replace('_', '-')} {saved[f.name]!r} (this run: {getattr(cfg, f.name)!r})"
-               for f in dataclasses.fields(cfg) if f.name not in may_change and f.name in saved
-               and saved[f.name] != getattr(cfg, f.name)]
-    if changed:
-        raise SystemExit(f"train.py: --resume continues the run in {path} as it began, but it was trained with "
-                         f"{'; '.join(changed)}. Repeat its flags (only --rl-steps, evaluation and system "
-                         f"flags may change), or start a new run from a copy of its weights in another "
-                         f"--out-dir (--init-from COPY of {path}/model)")
+    check_same_flags(cfg, state["config"], path, os.path.join(path, "model"))
     if state.get("world", WORLD) != WORLD:
         raise SystemExit(f"train.py: --resume: the run in {path} was trained on {state['world']} ranks and this "
                          f"one has {WORLD}; each rank's share of the prompts would change, so relaunch it "
@@ -1619,12 +1660,15 @@ def refuse_to_overwrite(cfg):
         raise SystemExit(f"train.py: --out-dir {cfg.out_dir} already holds a run ({', '.join(earlier)}), which a "
                          f"new run would overwrite: " + ("" if cfg.baseline else "pass --resume to continue it, or ") +
                          "choose another --out-dir (or delete that folder to start over)")
+    if cfg.resume and "baseline/" in earlier:  # (its eval.json and warmstart/ would be overwritten)
+        raise SystemExit(f"train.py: --resume: --out-dir {cfg.out_dir} holds a --baseline run (baseline/), which "
+                         f"has no RL to continue; an agent's run goes in another --out-dir")
     finished = [name for name in earlier if name in ("ckpt/", "rl/")]
     ckpt = os.path.join(cfg.out_dir, "ckpt")
     # (ckpt.old: a swap cut short, which main's recover_swap restores)
     resumable = any(os.path.exists(os.path.join(d, "trainer.pt")) for d in (ckpt, ckpt + ".old"))
     if cfg.resume and finished and not resumable:
-        # (a warm start alone, from a run stopped before its first RL checkpoint, is simply redone)
+        # (a warm start alone, from a run stopped before its first RL checkpoint, is what RL starts from)
         raise SystemExit(f"train.py: --resume: --out-dir {cfg.out_dir} holds {', '.join(finished)} but no "
                          f"ckpt/trainer.pt to continue from, and starting over would overwrite them; start a "
                          f"new run from its weights in another --out-dir (--init-from {cfg.out_dir}/rl or "
@@ -1669,8 +1713,12 @@ def main(argv=None):
     if WORLD > 1:
         dist.barrier()
     resuming = cfg.resume and os.path.exists(os.path.join(ckpt, "trainer.pt"))
+    # a run stopped before its first RL checkpoint: its warm start is whole, so RL starts from it
+    warm_saved = (cfg.resume and not resuming and not cfg.init_from and cfg.sft_steps > 0
+                  and os.path.isfile(os.path.join(warm_dir, "config.json")))
     if cfg.resume and not resuming:
-        print0(f"--resume: no checkpoint in {ckpt} yet, starting from the beginning")
+        print0(f"--resume: no checkpoint in {ckpt} yet, " + (f"starting RL from the warm start in {warm_dir}"
+                                                              if warm_saved else "starting from the beginning"))
 
     # 1. warm start (or a loaded checkpoint), evaluated once; a resumed run does neither again
     # (load_state below restores the model) and keeps the table it already has
@@ -1687,6 +1735,8 @@ def main(argv=None):
                    f"its rows (the starting policy's) are not carried over: evaluate that checkpoint with "
                    f"infer.py --eval")
             table = {}
+    elif warm_saved:
+        load_warm_start(cfg, model, warm_dir)
     elif not cfg.init_from and cfg.sft_steps > 0:
         warm_start_and_save(cfg, model, tokenizer, data)
     if not resuming and cfg.eval_n > 0:
@@ -1785,6 +1835,18 @@ def warm_start_and_save(cfg, model, tokenizer, data):
                         meta={"config": dataclasses.asdict(agent_cfg)})
 
 
+def load_warm_start(cfg, model, warm_dir):
+    """--resume of a run with a whole warm start and no RL checkpoint: its weights, if its flags are
+    this run's (never a new warm start on top of it)."""
+    try:
+        saved, meta = load_checkpoint(warm_dir, device=cfg.device)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"train.py: --resume: the warm start in {warm_dir} is damaged ({e}); move it away to "
+                         f"train a new one") from None
+    check_same_flags(cfg, dict(meta.get("config", {}), baseline=cfg.baseline), warm_dir, warm_dir)
+    model.load_state_dict(saved.state_dict())
+
+
 def baseline_main(cfg, model, tokenizer, data, t_start):
     """--baseline: the agent's warm start (unless --init-from), then supervised full-attention
     training, then its evaluation table (no RL)."""
@@ -1812,4 +1874,9 @@ def baseline_main(cfg, model, tokenizer, data, t_start):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # (saves are swapped in whole, so a stop at any moment leaves them loadable)
+        print("\ntrain.py: interrupted; the checkpoints in the --out-dir are whole: --resume continues from the "
+              "last one (RL steps after it are redone)", file=sys.stderr)
+        sys.exit(130)

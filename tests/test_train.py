@@ -137,6 +137,11 @@ def test_recipes_and_overrides():
     (["--seed", "-1"], "--seed must be in [0, 1,000,000,000,000]"),
     (["--seed", str(10**12 + 1)], "must fit 64 bits; got 1000000000001"),
     (["--data", ""], "--data is empty; leave the flag out to use its default"),
+    (["--data", os.path.join(ROOT, "README.md"), "--task", "vt"], "--task makes generated documents; --data"),
+    (["--data", os.path.join(ROOT, "README.md"), "--train-length", "500"], "keep their own lengths: drop it"),
+    (["--window", "-5"], "--window must be >= 0 (0 = the model's positions), got -5"),
+    (["--out-dir", "out/r_\udcff"], "--out-dir 'out/r_?' is not UTF-8 text"),  # (the byte 0xff in argv)
+    (["--eval-n", "1000001"], "--eval-n 1000001 is more than the 1,000,000 held-out samples"),
     (["--init-from", ""], "--init-from is empty"),
     (["--recipe", " "], "--recipe is empty"),
     (["--out-dir", ""], "--out-dir is empty"),
@@ -319,6 +324,21 @@ def test_a_jsonl_file_named_json_gets_a_hint(tmp_path):
     with pytest.raises(SystemExit) as e:
         run_main(["--recipe", "smoke", "--data", str(path), "--out-dir", str(tmp_path / "out")])
     assert "not valid JSON" in str(e.value) and "needs the .jsonl extension" in str(e.value)
+
+
+def test_a_plan_past_the_devices_memory_is_a_warning_at_start(tok_dir, monkeypatch, capsys):
+    with open("/proc/meminfo") as f:  # the oracle for the CPU's memory: the kernel's MemTotal (kB)
+        total_kb = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
+    assert abs(train.device_memory("cpu") / 1024 - total_kb) < 0.01 * total_kb
+    cfg = train.parse_args(["--recipe", "smoke", "--device", "cpu"])
+    tok = get_tokenizer(os.path.join(tok_dir, "seed", "tokenizer"))
+    model = Qwen2(config_from_preset("tiny", vocab_size=tok.vocab_size))
+    cfg.prompts = "compact"
+    train.geometry_check(cfg, model, tok, None)
+    assert "warning" not in capsys.readouterr().out  # the smoke run's ~0.4 GiB fits
+    monkeypatch.setattr(train, "device_memory", lambda device: 2**26)  # a 64 MiB device
+    train.geometry_check(cfg, model, tok, None)
+    assert "warning: that peak is more than this device's 0.1 GiB: lower --rollout-rows" in capsys.readouterr().out
 
 
 def test_window_too_small_is_a_clear_error(tok_dir):
@@ -1445,6 +1465,77 @@ def test_resume_does_not_redo_the_warm_start(tok_dir, monkeypatch):
     monkeypatch.setattr(train, "warm_start", again)
     run_main(common + ["--rl-steps", "2", "--resume"])
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_resume_from_a_warm_start_alone_starts_rl_from_it(tok_dir, monkeypatch, capsys):
+    """A run stopped before its first RL checkpoint left a whole warmstart/ and no ckpt/trainer.pt.
+    --resume once trained a new warm start over it, even under changed flags. Now: changed flags
+    are refused and the folder is untouched; the same flags start RL from the saved weights, and
+    the RL steps equal those of a run that went on without stopping (the oracle)."""
+    common = ["--recipe", "smoke", "--eval-n", "0", "--sft-steps", "6"]
+    whole = fresh_out(tok_dir, "warm-whole")
+    run_main(common + ["--out-dir", whole, "--rl-steps", "2"])
+    stopped = fresh_out(tok_dir, "warm-only")
+    run_main(common + ["--out-dir", stopped, "--rl-steps", "0"])  # (as if stopped before RL step 1's save)
+    weights = open(os.path.join(stopped, "warmstart", "model.safetensors"), "rb").read()
+    with pytest.raises(SystemExit) as e:
+        run_main(common[:-2] + ["--sft-steps", "7", "--out-dir", stopped, "--rl-steps", "2", "--resume"])
+    assert f"continues the run in {os.path.join(stopped, 'warmstart')} as it began" in str(e.value)
+    assert "--sft-steps 6 (this run: 7)" in str(e.value)
+    assert open(os.path.join(stopped, "warmstart", "model.safetensors"), "rb").read() == weights
+
+    def again(*args):
+        raise AssertionError("a resumed run re-ran the warm start")
+    monkeypatch.setattr(train, "warm_start", again)
+    capsys.readouterr()
+    run_main(common + ["--out-dir", stopped + "/", "--rl-steps", "2", "--resume"])
+    assert "starting RL from the warm start in" in capsys.readouterr().out
+    assert open(os.path.join(stopped, "warmstart", "model.safetensors"), "rb").read() == weights
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]  # noqa: E731
+    assert drop(read_metrics(stopped)) == drop(read_metrics(whole))
+
+
+def test_resume_compares_paths_as_folders_not_as_text(tmp_path):
+    """--init-from run/ws, run/ws/ and its absolute path name one folder: --resume takes either."""
+    (tmp_path / "ws").mkdir()
+    saved = dataclasses.asdict(train.parse_args(["--init-from", str(tmp_path / "ws")]))
+    for same in (str(tmp_path / "ws") + "/", os.path.relpath(tmp_path / "ws")):
+        train.check_same_flags(train.parse_args(["--init-from", same]), saved, "ckpt", "ckpt/model")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(SystemExit, match="is incompatible: it was trained with init_from="):
+        train.check_same_flags(train.parse_args(["--init-from", str(tmp_path / "other")]), saved, "ckpt", "m")
+
+
+def test_ctrl_c_is_one_line_and_resume_continues(tok_dir):
+    """SIGINT once the first RL checkpoint is written: exit 130 with one line (not a traceback out of
+    the forward pass), and the checkpoint it leaves resumes."""
+    import signal
+    import time
+    out = fresh_out(tok_dir, "ctrl-c")
+    args = [sys.executable, "train.py", "--recipe", "smoke", "--device", "cpu", "--out-dir", out, "--eval-n", "0"]
+    run = subprocess.Popen(args + ["--rl-steps", "500"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not os.path.exists(os.path.join(out, "ckpt", "trainer.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 130 and "Traceback" not in err
+    assert err.strip() == ("train.py: interrupted; the checkpoints in the --out-dir are whole: --resume continues "
+                           "from the last one (RL steps after it are redone)")
+    step = torch.load(os.path.join(out, "ckpt", "trainer.pt"), weights_only=False)["step"]
+    done = subprocess.run(args + ["--rl-steps", str(step + 1), "--resume"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0 and f"resumed from {os.path.join(out, 'ckpt')} at step {step}" in done.stdout
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, step + 2))
+
+
+def test_resume_refuses_a_baseline_runs_folder(tok_dir, smoke_run):
+    out = fresh_out(tok_dir, "resume-baseline")
+    shutil.copytree(os.path.join(smoke_run[0], "warmstart"), os.path.join(out, "baseline"))
+    with pytest.raises(SystemExit) as e:  # (an agent's ckpt/, rl/ and eval.json would land beside it)
+        run_main(["--recipe", "smoke", "--out-dir", out, "--resume"])
+    assert "holds a --baseline run (baseline/), which has no RL to continue" in str(e.value)
 
 
 @pytest.mark.parametrize("poison_after", [0, 1])
