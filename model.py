@@ -360,7 +360,10 @@ def config_from_hf(hf):
             raise ValueError(f"config.json asks for {key} {rope}; only plain RoPE is implemented")
     sliding = hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or [])
     window = hf.get("sliding_window")
-    if sliding and window is not None and window < hf.get("max_position_embeddings", window):
+    positions = hf.get("max_position_embeddings", window)
+    if sliding and window is not None and not isinstance(window, int):
+        raise ValueError(f"config.json has sliding_window {window!r}; expected an integer (or null)")
+    if sliding and window is not None and isinstance(positions, int) and window < positions:
         raise ValueError(f"config.json asks for sliding-window attention (window {window}); "
                          f"only full attention is implemented")
     geometry = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -372,7 +375,7 @@ def config_from_hf(hf):
         if f.name in hf:
             kwargs[f.name] = hf[f.name]
         elif f.name == "rope_theta" and "rope_parameters" in hf:  # newer transformers nest it
-            kwargs[f.name] = hf["rope_parameters"].get("rope_theta", ModelConfig.rope_theta)
+            kwargs[f.name] = (hf["rope_parameters"] or {}).get("rope_theta", ModelConfig.rope_theta)
     if kwargs.get("num_key_value_heads") is None:  # (absent or null: one KV head per query head, as in HF)
         kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads")
     for f in fields(ModelConfig):  # a hand-edited file: "64" for 64, null, a negative size
@@ -402,8 +405,9 @@ def read_safetensors_dir(directory):
             try:
                 weight_map = json.load(f)["weight_map"]
                 shard_names = sorted(set(weight_map.values()))
-                assert all(isinstance(n, str) for n in shard_names)
-            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError, AssertionError):
+                if not all(isinstance(n, str) for n in shard_names):
+                    raise TypeError("a shard name that is not a string")
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
                 raise ValueError(f"{index} is not a safetensors index: expected JSON with a \"weight_map\" "
                                  f"object from each key to its shard's file name") from None
     else:

@@ -269,7 +269,7 @@ def parse_args(argv=None):
             parser.add_argument(flag, type=type(f.default), default=None, metavar=f.name.upper(),
                                 help=HELP.get(f.name, f"default {f.default!r}"))
     args = parser.parse_args(argv)
-    empty = [k for k, v in vars(args).items() if isinstance(v, str) and not v.strip()]
+    empty = [k for k, v in vars(args).items() if isinstance(v, str) and not v.strip() and k != "curriculum_notes"]
     if empty:  # ("" would quietly mean the default: no data file, no --init-from, the cpu-demo recipe)
         parser.error(f"--{empty[0].replace('_', '-')} is empty; leave the flag out to use its default")
     for name, value in vars(args).items():
@@ -636,16 +636,20 @@ def geometry_check(cfg, model, tokenizer, data):
     try:
         need = check_window(tokenizer, [problem + 8], agent_config(cfg, 1.0), window)
     except ValueError as e:
-        raise SystemExit(f"train.py: {e}" + (f" (the longest question is sample {longest}'s of {cfg.data})"
+        raise SystemExit(f"train.py: {e}" + (f" (the longest question is {longest} of {cfg.data})"
                                              if data is not None else ""))
-    if cfg.baseline:  # the baseline reads sample 0 whole; longer documents than the window are cut
-        direct = len(direct_turn_ids(tokenizer, tokenizer.encode(sample["question"]),
-                                     tokenizer.encode(sample["context"]), cfg.prompts == "compact"))
-        if direct + cfg.answer_tokens > window:
-            raise SystemExit(f"train.py: --baseline reads a whole document in one turn, and sample 0's is prompt "
-                             f"{direct} + answer {cfg.answer_tokens} = {direct + cfg.answer_tokens} tokens > the "
-                             f"{window}-token window; lower --train-length" +
-                             (" or --n-docs" if sized_in_docs(cfg) else ""))
+    if cfg.baseline:  # the baseline reads a whole document: sample 0's, or every one of a JSONL file
+        samples = data if isinstance(data, list) else [sample]
+        direct = [len(direct_turn_ids(tokenizer, tokenizer.encode(s["question"]), tokenizer.encode(s["context"]),
+                                      cfg.prompts == "compact")) for s in samples]
+        worst = direct.index(max(direct))
+        if direct[worst] + cfg.answer_tokens > window:
+            which, fix = ((f"the {worst + 1}th sample of {cfg.data}", "shorten that document or leave it out")
+                          if isinstance(data, list) else
+                          ("sample 0's", "lower --train-length" + (" or --n-docs" if sized_in_docs(cfg) else "")))
+            raise SystemExit(f"train.py: --baseline reads a whole document in one turn, and {which} is prompt "
+                             f"{direct[worst]} + answer {cfg.answer_tokens} = {direct[worst] + cfg.answer_tokens} "
+                             f"tokens > the {window}-token window; {fix}")
     print0(f"geometry: chunk {cfg.chunk_tokens} + memory {cfg.memory_tokens} + answer "
            f"{cfg.answer_tokens} + problem ~{problem} -> longest conversation {need} of a {window}-token "
            f"window; training documents like sample 0: {document} tokens"
@@ -671,14 +675,16 @@ def geometry_check(cfg, model, tokenizer, data):
 
 
 def longest_question(tokenizer, data, sample):
-    """(tokens, sample number) of the longest question the run meets: every one of a data file (a long
+    """(tokens, which sample) of the longest question the run meets: every one of a data file (a long
     one past sample 0 would overflow the window mid-run), sample 0's of a generated task (whose
     questions come from one template: geometry_check's 8 tokens of slack cover the rest)."""
     if data is None:
-        return len(tokenizer.encode(sample["question"])), 0
+        return len(tokenizer.encode(sample["question"])), "sample 0's"
     items = data.items if isinstance(data, tasks.HotpotQA) else data
     lengths = [len(tokenizer.encode(item["question"])) for item in items]
-    return max(lengths), lengths.index(max(lengths))
+    i = lengths.index(max(lengths))
+    return max(lengths), (f"question {data.file_index[i]}'s" if isinstance(data, tasks.HotpotQA)
+                          else f"the {i + 1}th sample's")
 
 
 def device_memory(device):
@@ -686,9 +692,16 @@ def device_memory(device):
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # (not Linux)
         return None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:  # a container's limit (cgroup v2, v1): "max" or a huge number when there is none
+            with open(limit) as f:
+                total = min(total, int(f.read()))
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def memory_plan(cfg, config, n_params, longest):
@@ -763,6 +776,8 @@ def check_same_flags(cfg, saved, path, weights):
     def same(name, a, b):  # (a path given another way, "run/" or relative, is the same folder)
         if name in ("init_from", "data") and a and b:
             return os.path.realpath(a) == os.path.realpath(b)
+        if cfg.data and (name == "task" or name == "train_length" and not cfg.data.endswith(".json")):
+            return True  # (unused with this --data, and parse_args refuses them)
         return a == b
     for name in GEOMETRY_FIELDS:
         if not same(name, saved.get(name), getattr(cfg, name)):
@@ -787,6 +802,8 @@ def load_state(cfg, model, optimizer):
         state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
         if not (isinstance(state, dict) and all(k in state for k in keys) and isinstance(state["config"], dict)):
             raise ValueError(f"it lacks some of {', '.join(keys)}")
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # (not the file's fault)
     except Exception as e:  # (a truncated or foreign file: torch.load's error types are many)
         raise SystemExit(f"train.py: --resume: {path}/trainer.pt is unreadable ({type(e).__name__}: {e}), so the "
                          f"run cannot continue exactly; start a new run from its weights in another --out-dir "
@@ -796,10 +813,12 @@ def load_state(cfg, model, optimizer):
         raise SystemExit(f"train.py: --resume: the run in {path} was trained on {state['world']} ranks and this "
                          f"one has {WORLD}; each rank's share of the prompts would change, so relaunch it "
                          f"with {state['world']}")
-    try:
-        saved = load_hf(os.path.join(path, "model"), dtype=torch.float32, device=cfg.device)
+    try:  # (read on the CPU: load_state_dict copies onto the device, where no second model fits)
+        saved = load_hf(os.path.join(path, "model"), dtype=torch.float32, device="cpu")
         model.load_state_dict(saved.state_dict())
         optimizer.load_state_dict(state["optimizer"])
+    except torch.OutOfMemoryError:
+        raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         others = [os.path.join(cfg.out_dir, d) for d in ("rl", "warmstart")
                   if os.path.isfile(os.path.join(cfg.out_dir, d, "config.json"))]
@@ -1236,7 +1255,9 @@ def baseline_conversations(cfg, tokenizer, data, index, rng, step, top, window=N
                              tokenizer.encode(sample["context"]), cfg.prompts == "compact")
     reply = tokenizer.render_reply("\\boxed{%s}" % ", ".join(sample["answers"]))
     if window is not None and len(prompt) + cfg.answer_tokens > window:
-        where = f"sample {index % max(1, len(data) - cfg.eval_n)} of {cfg.data}" if data is not None else f"sample {index}"
+        i = index % max(1, len(data) - cfg.eval_n) if data is not None else index  # (get_sample's numbering)
+        where = (f"question {data.file_index[i]} of {cfg.data}" if isinstance(data, tasks.HotpotQA) else
+                 f"the {i + 1}th sample of {cfg.data}" if data is not None else f"sample {index}")
         raise SystemExit(f"train.py: --baseline reads a whole document in one turn, and {where} is prompt "
                          f"{len(prompt)} + answer {cfg.answer_tokens} tokens > the {window}-token window")
     return [(prompt, reply[:cfg.answer_tokens])]
@@ -1714,8 +1735,7 @@ def main(argv=None):
         dist.barrier()
     resuming = cfg.resume and os.path.exists(os.path.join(ckpt, "trainer.pt"))
     # a run stopped before its first RL checkpoint: its warm start is whole, so RL starts from it
-    warm_saved = (cfg.resume and not resuming and not cfg.init_from and cfg.sft_steps > 0
-                  and os.path.isfile(os.path.join(warm_dir, "config.json")))
+    warm_saved = cfg.resume and not resuming and os.path.isfile(os.path.join(warm_dir, "config.json"))
     if cfg.resume and not resuming:
         print0(f"--resume: no checkpoint in {ckpt} yet, " + (f"starting RL from the warm start in {warm_dir}"
                                                               if warm_saved else "starting from the beginning"))
@@ -1839,11 +1859,15 @@ def load_warm_start(cfg, model, warm_dir):
     """--resume of a run with a whole warm start and no RL checkpoint: its weights, if its flags are
     this run's (never a new warm start on top of it)."""
     try:
-        saved, meta = load_checkpoint(warm_dir, device=cfg.device)
+        saved, meta = load_checkpoint(warm_dir, device="cpu")
     except (OSError, ValueError) as e:
         raise SystemExit(f"train.py: --resume: the warm start in {warm_dir} is damaged ({e}); move it away to "
                          f"train a new one") from None
-    check_same_flags(cfg, dict(meta.get("config", {}), baseline=cfg.baseline), warm_dir, warm_dir)
+    if not meta.get("config"):
+        raise SystemExit(f"train.py: --resume: {warm_dir} has no meta.json with the flags it was trained with, "
+                         f"so whether this run began from it cannot be told; move it away, or start a new run "
+                         f"from it in another --out-dir (--init-from {warm_dir})")
+    check_same_flags(cfg, dict(meta["config"], baseline=cfg.baseline), warm_dir, warm_dir)
     model.load_state_dict(saved.state_dict())
 
 
@@ -1877,6 +1901,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # (saves are swapped in whole, so a stop at any moment leaves them loadable)
-        print("\ntrain.py: interrupted; the checkpoints in the --out-dir are whole: --resume continues from the "
-              "last one (RL steps after it are redone)", file=sys.stderr)
+        print("\ntrain.py: interrupted. Checkpoints are swapped in whole, so none is half-written: --resume "
+              "continues an RL run from its last ckpt/ (or its warmstart/); a --baseline run starts again "
+              "(--init-from OUT_DIR/warmstart skips its warm start)", file=sys.stderr)
         sys.exit(130)

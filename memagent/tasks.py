@@ -818,8 +818,8 @@ def parse_length(text) -> int:
 def save_jsonl(samples, path) -> None:
     """One JSON object per line (UTF-8), parent folders created. Written to a temporary file that
     then replaces `path`, so a failure half-way leaves an existing file as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    path = os.path.realpath(path)  # (a symlink's target is what gets rewritten)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -988,6 +988,7 @@ class HotpotQA:
         usable = [bool(normalize_answer(item["answer"])) for item in data]
         self.skipped = [i for i, ok in enumerate(usable) if not ok]
         self.items = [item for item, ok in zip(data, usable) if ok]
+        self.file_index = [i for i, ok in enumerate(usable) if ok]  # items[k] is the file's question file_index[k]
         if not self.items:
             raise ValueError(f"{path}: no questions" + (" with an answer that survives normalization"
                                                         if data else " (an empty list)"))
@@ -1013,6 +1014,7 @@ class HotpotQA:
             raise ValueError(f"HotpotQA.sample: question {qi} is out of range: {self.path} has "
                              f"{len(self.items)} questions")
         item, paragraphs = self.items[qi], self.paragraphs
+        number = self.file_index[qi]  # (the file's own count, which its error messages use)
         rng = random.Random(seed * 1_000_003 + qi)
         own = list(dict.fromkeys(self.index[(t, "".join(s))] for t, s in item["context"]))
         own_titles = {paragraphs[i][0] for i in own}
@@ -1020,11 +1022,12 @@ class HotpotQA:
         chosen = list(own)
         if n_docs is not None:
             if n_docs < len(own):
-                raise ValueError(f"n_docs={n_docs} is fewer than question {qi}'s own {len(own)} paragraphs")
+                raise ValueError(f"n_docs={n_docs} is fewer than question {number}'s own "
+                                 f"{len(own)} paragraphs")
             chosen += itertools.islice(others, n_docs - len(own))
             if len(chosen) < n_docs:
                 raise ValueError(f"n_docs={n_docs} but {self.path} only has {len(chosen) - len(own)} "
-                                 f"distractor paragraphs for question {qi}")
+                                 f"distractor paragraphs for question {number}")
         elif length is not None:
             count = _TokenCounter(tokenizer)
 
@@ -1032,7 +1035,7 @@ class HotpotQA:
                 return count(f"\n\nDocument {number}:\n{paragraphs[i][0]}\n{paragraphs[i][1]}")
             total = sum(doc_tokens(i, k + 1) for k, i in enumerate(own))
             if total > length * (1 + LENGTH_TOLERANCE):  # the question's own paragraphs are all kept
-                raise ValueError(f"length={length} tokens is shorter than question {qi}'s own {len(own)} "
+                raise ValueError(f"length={length} tokens is shorter than question {number}'s own {len(own)} "
                                  f"paragraphs (~{total} tokens), which every sample keeps; ask for a longer "
                                  f"length or give a document count (n_docs) instead")
             for i in others:
@@ -1044,7 +1047,7 @@ class HotpotQA:
             else:  # every paragraph of the file is in: short of the length, say so rather than return less
                 if total < 0.98 * length:
                     raise ValueError(f"length={length} but {self.path} only has paragraphs for ~{total} tokens "
-                                     f"around question {qi}; ask for fewer tokens or use a bigger file")
+                                     f"around question {number}; ask for fewer tokens or use a bigger file")
         rng.shuffle(chosen)
         context = render_documents([paragraphs[i] for i in chosen])
         gold_titles = sorted({t for t, _ in item.get("supporting_facts", [])})

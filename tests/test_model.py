@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from model import (PRESETS, KVCache, ModelConfig, Qwen2, config_from_preset, load_checkpoint, load_hf,
-                   save_checkpoint)
+from model import (PRESETS, KVCache, ModelConfig, Qwen2, config_from_hf, config_from_preset, load_checkpoint,
+                   load_hf, save_checkpoint)
 from rollout import filter_logits, generate
 from conftest import DEVICES
 
@@ -493,6 +493,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_stray_folder(tmp_pa
     (dict(rms_norm_eps=float("inf")), "rms_norm_eps inf; expected a finite number > 0"),
     (dict(tie_word_embeddings="yes"), "tie_word_embeddings 'yes'; expected true or false"),
     (dict(rope_scaling="linear"), "rope_scaling 'linear'; expected an object (or null)"),
+    (dict(use_sliding_window=True, sliding_window="64"), "sliding_window '64'; expected an integer (or null)"),
 ])
 def test_a_hand_edited_config_json_names_the_bad_field(tmp_path, changes, message):
     """Each of these once reached torch as a TypeError, a ZeroDivisionError or a negative shape."""
@@ -501,6 +502,17 @@ def test_a_hand_edited_config_json_names_the_bad_field(tmp_path, changes, messag
     with pytest.raises(ValueError) as e:
         load_hf(str(tmp_path / "ckpt"))
     assert str(e.value) == f"config.json has {message}"
+
+
+def test_null_rope_parameters_and_num_key_value_heads_mean_the_defaults(tmp_path):
+    """HF reads these nulls as absent: rope_theta from its default, one KV head per query head."""
+    save_checkpoint(tiny_model(seed=8), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k != "rope_theta"}
+    config = dict(config, rope_parameters=None, num_key_value_heads=None)
+    cfg = config_from_hf(config)
+    assert (cfg.rope_theta, cfg.num_key_value_heads) == (10000.0, 4)
+    assert (ModelConfig.rope_theta, config["num_attention_heads"]) == (10000.0, 4)  # (the defaults meant)
 
 
 def test_damaged_checkpoint_files_are_named(tmp_path):

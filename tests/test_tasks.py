@@ -475,6 +475,8 @@ def test_hotpotqa_sets_aside_answers_that_normalize_to_nothing_and_refuses_empty
         corpus.sample(2)
     with pytest.raises(ValueError, match="question -1 is out of range"):
         corpus.sample(-1)
+    with pytest.raises(ValueError, match="fewer than question 2's own 1 paragraphs"):
+        corpus.sample(1, n_docs=0)  # (the file's question 2: its messages count as the file does)
     path.write_text("[]")
     with pytest.raises(ValueError, match="hotpot.json: no questions"):
         tasks.HotpotQA(str(path))
