@@ -273,8 +273,10 @@ def parse_args(argv=None):
     if empty:  # ("" would quietly mean the default: no data file, no --init-from, the cpu-demo recipe)
         parser.error(f"--{empty[0].replace('_', '-')} is empty; leave the flag out to use its default")
     for name, value in vars(args).items():
+        if not isinstance(value, str):
+            continue
         try:
-            value.encode("utf-8") if isinstance(value, str) else None
+            value.encode("utf-8")
         except UnicodeEncodeError:  # (bytes that are not UTF-8 reach Python as lone surrogates)
             parser.error(f"--{name.replace('_', '-')} {value.encode('utf-8', 'replace').decode()!r} is not "
                          f"UTF-8 text")
@@ -644,7 +646,7 @@ def geometry_check(cfg, model, tokenizer, data):
                                       cfg.prompts == "compact")) for s in samples]
         worst = direct.index(max(direct))
         if direct[worst] + cfg.answer_tokens > window:
-            which, fix = ((f"the {worst + 1}th sample of {cfg.data}", "shorten that document or leave it out")
+            which, fix = ((f"the {ordinal(worst + 1)} sample of {cfg.data}", "shorten that document or leave it out")
                           if isinstance(data, list) else
                           ("sample 0's", "lower --train-length" + (" or --n-docs" if sized_in_docs(cfg) else "")))
             raise SystemExit(f"train.py: --baseline reads a whole document in one turn, and {which} is prompt "
@@ -674,6 +676,15 @@ def geometry_check(cfg, model, tokenizer, data):
            f"float32 weights, {cfg.dtype} compute on {cfg.device}, {WORLD} rank(s)")
 
 
+def ordinal(n):
+    """How a message counts samples.
+
+    >>> [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 22, 113)]
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '22nd', '113th']
+    """
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def longest_question(tokenizer, data, sample):
     """(tokens, which sample) of the longest question the run meets: every one of a data file (a long
     one past sample 0 would overflow the window mid-run), sample 0's of a generated task (whose
@@ -684,7 +695,7 @@ def longest_question(tokenizer, data, sample):
     lengths = [len(tokenizer.encode(item["question"])) for item in items]
     i = lengths.index(max(lengths))
     return max(lengths), (f"question {data.file_index[i]}'s" if isinstance(data, tasks.HotpotQA)
-                          else f"the {i + 1}th sample's")
+                          else f"the {ordinal(i + 1)} sample's")
 
 
 def device_memory(device):
@@ -1257,7 +1268,7 @@ def baseline_conversations(cfg, tokenizer, data, index, rng, step, top, window=N
     if window is not None and len(prompt) + cfg.answer_tokens > window:
         i = index % max(1, len(data) - cfg.eval_n) if data is not None else index  # (get_sample's numbering)
         where = (f"question {data.file_index[i]} of {cfg.data}" if isinstance(data, tasks.HotpotQA) else
-                 f"the {i + 1}th sample of {cfg.data}" if data is not None else f"sample {index}")
+                 f"the {ordinal(i + 1)} sample of {cfg.data}" if data is not None else f"sample {index}")
         raise SystemExit(f"train.py: --baseline reads a whole document in one turn, and {where} is prompt "
                          f"{len(prompt)} + answer {cfg.answer_tokens} tokens > the {window}-token window")
     return [(prompt, reply[:cfg.answer_tokens])]

@@ -834,6 +834,21 @@ def save_jsonl(samples, path) -> None:
 REQUIRED_KEYS = ("question", "context", "answers")
 
 
+def _not_unicode(named_texts):
+    """What is wrong with the first of (name, text) that no encoding can write, or None: JSON allows
+    "\\ud800" escapes (lone surrogates), which the tokenizer cannot take.
+
+    >>> _not_unicode([("the question", "ok"), ("the answer", "7\\udc00")])
+    'the answer is not valid Unicode (a lone surrogate at character 1)'
+    """
+    for name, text in named_texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"{name} is not valid Unicode (a lone surrogate at character {e.start})"
+    return None
+
+
 def _is_needle(needle, context):
     """Whether a JSONL sample's needle has the shape make_sample gives: key and value strings, and
     the character span start:end of its sentence in the context (both or neither)."""
@@ -882,13 +897,10 @@ def load_jsonl(path) -> list[dict]:
         if not all(normalize_answer(a) for a in answers):  # "the", "." -> "": sub-EM would pass any reply
             raise ValueError(f"{path}, line {lineno}: an answer is empty once normalized (lowercase, no "
                              f"punctuation, no a/an/the), so every reply would match it: {json.dumps(answers)[:60]}")
-        for key, text in [("question", sample["question"]), ("context", sample["context"])] + \
-                [("an answer", a) for a in answers]:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as e:  # JSON allows "\ud800" escapes, which no text encodes
-                raise ValueError(f"{path}, line {lineno}: {key} is not valid Unicode (a lone surrogate "
-                                 f"at character {e.start})") from None
+        problem = _not_unicode([("question", sample["question"]), ("context", sample["context"])] +
+                               [("an answer", a) for a in answers])
+        if problem:
+            raise ValueError(f"{path}, line {lineno}: {problem}")
         needles = sample.get("needles", [])  # (optional: a generated needle task's, read by train.py and infer.py)
         if not (isinstance(needles, list) and all(_is_needle(n, sample["context"]) for n in needles)):
             raise ValueError(f"{path}, line {lineno}: needles must be a list of objects with a string key and "
@@ -951,11 +963,9 @@ def _check_hotpotqa_item(item):
         return "context is empty (no paragraphs of its own)"
     texts = [("the question", item["question"]), ("the answer", item["answer"])] + \
         [(f"paragraph {title!r}", title + "".join(s)) for title, s in item["context"]]
-    for where, text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:  # JSON allows "\ud800" escapes, which no text encodes
-            return f"{where} is not valid Unicode (a lone surrogate at character {e.start})"
+    problem = _not_unicode(texts)
+    if problem:
+        return problem
     facts = item.get("supporting_facts", [])
     if not isinstance(facts, list) or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str)
                                               for f in facts):
